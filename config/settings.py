@@ -18,7 +18,8 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 
 def env_str(name: str, default: str) -> str:
-    return os.environ.get(name, default)
+    # An empty variable means "not set": `DATABASE_URL= ./dev up` gets the embedded default.
+    return os.environ.get(name) or default
 
 
 def env_bool(name: str, default: bool) -> bool:
