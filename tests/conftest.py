@@ -71,6 +71,53 @@ def subprocess_env() -> dict[str, str]:
 
 
 @pytest.fixture
+def start_worker(transactional_db):
+    """Starts `celery worker` subprocesses on the test database and the real broker; each is
+    stopped (and, if it hangs, killed) after the test. Returns the Popen."""
+    procs = []
+
+    def start(queues: str = "celery", name: str = "worker") -> subprocess.Popen:
+        log = ROOT / "var" / "test-logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "config",
+                    "worker",
+                    "-Q",
+                    queues,
+                    "--pool",
+                    "solo",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--loglevel",
+                    "INFO",
+                    "-n",
+                    f"{name}-{os.getpid()}@%h",
+                ],
+                env=subprocess_env(),
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture
 def manage():
     """Runs manage.py in a subprocess on the test database; returns the CompletedProcess."""
 

@@ -2,52 +2,18 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import pytest
 
 from annotation.models import Comparison
 from annotation.tasks import labels_recount
-from tests.conftest import ROOT, subprocess_env
 from tests.factories import UserFactory, make_comparison, make_preference
 
 
 @pytest.fixture
-def worker(transactional_db):
-    """A `celery worker` subprocess on the test database, stopped after the test."""
-    log = ROOT / "var" / "test-worker.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "-Q",
-                "celery",
-                "--pool",
-                "solo",
-                "--without-gossip",
-                "--without-mingle",
-                "--loglevel",
-                "INFO",
-            ],
-            env=subprocess_env(),
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    yield proc
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+def worker(start_worker):
+    return start_worker("celery")
 
 
 def test_a_task_round_trips_through_a_real_worker_on_the_broker(worker, project):
