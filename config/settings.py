@@ -200,7 +200,9 @@ CELERY_RESULT_EXPIRES = 3600
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_TASK_ROUTES = {"training.tasks.*": {"queue": "gpu"}}
+# The loop's tick is light bookkeeping and must not wait behind a training run on the gpu queue;
+# an exact name wins over the glob.
+CELERY_TASK_ROUTES = {"training.tasks.loop_tick": {"queue": "celery"}, "training.tasks.*": {"queue": "gpu"}}
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

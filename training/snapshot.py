@@ -1,0 +1,68 @@
+"""The data a run trains on, frozen into files at its start.
+
+A reward run reads the project's A/B preferences up to a watermark (the highest preference id at
+snapshot time) and splits them into train and eval by comparison: every label of one comparison
+lands on the same side, so the eval set never holds a pair the model trained on. The split is a
+hash of the comparison id, so it is the same in every run and a new model and the active one can
+be compared on the same eval pairs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.db.models import Max
+
+from annotation.models import Choice, Preference, Project
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    train_path: Path
+    eval_path: Path
+    train_pairs: int
+    eval_pairs: int
+    watermark: int
+    sha256: str
+
+
+def is_eval_comparison(comparison_id: int, eval_percent: int) -> bool:
+    digest = hashlib.sha256(f"comparison:{comparison_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % 100 < eval_percent
+
+
+def write_reward_snapshot(*, project: Project, folder: Path, eval_percent: int = 20) -> Snapshot:
+    """Writes train.jsonl and eval.jsonl (prompt, chosen, rejected, margin) into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = Preference.objects.filter(project=project, choice__in=[Choice.A, Choice.B])
+    watermark = labels.aggregate(m=Max("id"))["m"] or 0
+    rows = (
+        labels.filter(id__lte=watermark)
+        .order_by("id")
+        .values_list(
+            "comparison_id",
+            "choice",
+            "strength",
+            "comparison__prompt__text",
+            "comparison__prompt__messages",
+            "comparison__response_a__text",
+            "comparison__response_b__text",
+        )
+    )
+    train_path, eval_path = folder / "train.jsonl", folder / "eval.jsonl"
+    digest = hashlib.sha256()
+    counts = {"train": 0, "eval": 0}
+    with train_path.open("w", encoding="utf-8") as train, eval_path.open("w", encoding="utf-8") as held_out:
+        for comparison_id, choice, strength, text, messages, text_a, text_b in rows.iterator(chunk_size=2000):
+            chosen, rejected = (text_a, text_b) if choice == Choice.A else (text_b, text_a)
+            record = {"prompt": messages if messages is not None else text, "chosen": chosen, "rejected": rejected}
+            record["margin"] = float(strength or 0)
+            line = json.dumps(record, ensure_ascii=False) + "\n"
+            digest.update(line.encode("utf-8"))
+            side = "eval" if is_eval_comparison(comparison_id, eval_percent) else "train"
+            (held_out if side == "eval" else train).write(line)
+            counts[side] += 1
+    return Snapshot(train_path, eval_path, counts["train"], counts["eval"], watermark, digest.hexdigest())

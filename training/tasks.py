@@ -1,0 +1,128 @@
+"""Celery tasks of the training side, on the `gpu` queue (see CELERY_TASK_ROUTES).
+
+A task takes a run id, claims the run, and hands the heavy work to a `python -m training.ml`
+subprocess through training.runner. It never imports torch itself.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from celery import shared_task
+from django.conf import settings
+
+from training import services
+from training.bases import BaseModelError, resolve_base
+from training.models import ModelKind, ModelVersion, RunKind, RunStatus, TrainingRun
+from training.runner import RunCancelled, remove_partial, run_dir, supervise
+from training.snapshot import write_reward_snapshot
+
+PROMOTION_RULES = ("not_worse", "always", "never")
+
+
+@shared_task(acks_late=True)
+def training_run_execute(run_id: int) -> str:
+    if not services.training_run_claim(run_id=run_id):
+        return "not claimed: the run is not queued (redelivered, or cancelled before it started)"
+    run = TrainingRun.objects.select_related("project").get(pk=run_id)
+    try:
+        if run.kind == RunKind.REWARD:
+            reward_run(run)
+        else:
+            raise services.TrainingError(f"{run.get_kind_display()} runs are not available in this version yet")
+    except RunCancelled:
+        return "cancelled"
+    except (services.TrainingError, BaseModelError, RuntimeError, OSError) as exc:
+        services.training_run_finish(run_id=run_id, status=RunStatus.FAILED, error=str(exc))
+        return "failed"
+    return "succeeded"
+
+
+def reward_run(run: TrainingRun) -> None:
+    """Snapshot -> train -> evaluate the active model on the same eval pairs -> register -> promote."""
+    config = run.config or {}
+    rule = config.get("promotion", "not_worse")
+    if rule not in PROMOTION_RULES:
+        raise services.TrainingError(f"config.promotion must be one of {', '.join(PROMOTION_RULES)}")
+    project = run.project
+    folder = run_dir(run.pk)
+
+    # 1. Freeze the data.
+    eval_percent = config.get("eval_percent", 20)
+    snapshot = write_reward_snapshot(project=project, folder=folder / "data", eval_percent=eval_percent)
+    TrainingRun.objects.filter(pk=run.pk).update(
+        data_snapshot=str(folder / "data"), data_hash=snapshot.sha256, data_watermark=snapshot.watermark
+    )
+    if snapshot.train_pairs < 1 or snapshot.eval_pairs < 1:
+        raise services.TrainingError(
+            f"not enough A/B preferences to train and evaluate: {snapshot.train_pairs} train and "
+            f"{snapshot.eval_pairs} eval pairs (each side needs at least one)"
+        )
+
+    # 2. Train, from the project's base or (warm start) from the active reward model.
+    active = ModelVersion.objects.filter(project=project, kind=ModelKind.REWARD, is_active=True).first()
+    base_name = config.get("base") or project.reward_model_base
+    start_from = active.artifact_path if (config.get("warm_start") and active) else resolve_base(base_name)
+    out = Path(settings.ARTIFACT_ROOT) / "models" / str(project.pk) / "reward" / f"run-{run.pk}"
+    argv = [
+        "reward",
+        "--data",
+        str(snapshot.train_path),
+        "--eval",
+        str(snapshot.eval_path),
+        "--base",
+        start_from,
+        "--out",
+        str(out),
+        "--config-json",
+        json.dumps(config.get("trainer", {})),
+    ]
+    if active:
+        argv += ["--parent", str(active.pk)]
+    try:
+        metrics = supervise(run_id=run.pk, argv=argv, folder=folder, timeout_s=config.get("timeout_s"))
+    except BaseException:
+        # A model folder from a failed or cancelled run is never registered, and not kept.
+        remove_partial(out)
+        raise
+
+    # 3. Register, and promote by the rule.
+    version = services.model_version_register(
+        project=project,
+        kind=ModelKind.REWARD,
+        artifact_path=str(out),
+        base=base_name,
+        run=run,
+        parent=active,
+        metrics=metrics,
+    )
+    promote, reason = decide_promotion(rule=rule, new_metrics=metrics, active=active)
+    if promote:
+        services.model_version_promote(version=version)
+    summary = {**metrics, "promotion": {"promoted": promote, "reason": reason, "version": version.version}}
+    services.training_run_finish(run_id=run.pk, status=RunStatus.SUCCEEDED, metrics=summary)
+
+
+def decide_promotion(*, rule: str, new_metrics: dict, active: ModelVersion | None) -> tuple[bool, str]:
+    if active is None:
+        return True, "no reward model was active"
+    if rule == "always":
+        return True, "promotion rule is 'always'"
+    if rule == "never":
+        return False, "promotion rule is 'never'; promote it by hand"
+    new = new_metrics.get("reward/accuracy")
+    old = (active.metrics or {}).get("reward/accuracy")
+    if new is None or old is None:
+        return False, "held-out accuracy missing for the new or the active model"
+    if new >= old:
+        return True, f"held-out accuracy {new:.3f} is not worse than the active model's {old:.3f}"
+    return False, f"held-out accuracy {new:.3f} is worse than the active model's {old:.3f}"
+
+
+@shared_task
+def loop_tick() -> list[int]:
+    """Beat's entry into the loop (schedule: the "training loop" periodic task, editable in the admin)."""
+    from training.loop import loop_tick as tick
+
+    return tick()
