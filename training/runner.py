@@ -54,8 +54,14 @@ class ProgressTail:
         return self.latest
 
 
-def run_dir(run_id: int) -> Path:
-    return Path(settings.ARTIFACT_ROOT) / "runs" / str(run_id)
+def run_label(run) -> str:
+    """A folder name unique to the run even across databases: ids restart after a restore or in a
+    fresh test database, while the artifact volume keeps its folders."""
+    return f"{run.pk}-{run.created_at:%Y%m%dT%H%M%S%f}"
+
+
+def run_dir(run) -> Path:
+    return Path(settings.ARTIFACT_ROOT) / "runs" / run_label(run)
 
 
 def supervise(*, run_id: int, argv: list[str], folder: Path, timeout_s: float | None = None) -> dict:

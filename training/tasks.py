@@ -15,7 +15,7 @@ from django.conf import settings
 from training import services
 from training.bases import BaseModelError, resolve_base
 from training.models import ModelKind, ModelVersion, RunKind, RunStatus, TrainingRun
-from training.runner import RunCancelled, remove_partial, run_dir, supervise
+from training.runner import RunCancelled, remove_partial, run_dir, run_label, supervise
 from training.snapshot import write_reward_snapshot
 
 PROMOTION_RULES = ("not_worse", "always", "never")
@@ -46,7 +46,7 @@ def reward_run(run: TrainingRun) -> None:
     if rule not in PROMOTION_RULES:
         raise services.TrainingError(f"config.promotion must be one of {', '.join(PROMOTION_RULES)}")
     project = run.project
-    folder = run_dir(run.pk)
+    folder = run_dir(run)
 
     # 1. Freeze the data.
     eval_percent = config.get("eval_percent", 20)
@@ -64,7 +64,7 @@ def reward_run(run: TrainingRun) -> None:
     active = ModelVersion.objects.filter(project=project, kind=ModelKind.REWARD, is_active=True).first()
     base_name = config.get("base") or project.reward_model_base
     start_from = active.artifact_path if (config.get("warm_start") and active) else resolve_base(base_name)
-    out = Path(settings.ARTIFACT_ROOT) / "models" / str(project.pk) / "reward" / f"run-{run.pk}"
+    out = Path(settings.ARTIFACT_ROOT) / "models" / str(project.pk) / "reward" / f"run-{run_label(run)}"
     argv = [
         "reward",
         "--data",
@@ -87,7 +87,16 @@ def reward_run(run: TrainingRun) -> None:
         remove_partial(out)
         raise
 
-    # 3. Register, and promote by the rule.
+    # 3. Score the active model on the same eval pairs, so the rule compares like with like.
+    active_metrics = None
+    if active is not None and rule == "not_worse":
+        argv = ["evaluate", "--model", active.artifact_path, "--eval", str(snapshot.eval_path)]
+        try:
+            active_metrics = supervise(run_id=run.pk, argv=argv, folder=folder / "eval-active")
+        except RuntimeError as exc:
+            active_metrics = {"error": str(exc)[-2000:]}
+
+    # 4. Register, and promote by the rule.
     version = services.model_version_register(
         project=project,
         kind=ModelKind.REWARD,
@@ -97,14 +106,19 @@ def reward_run(run: TrainingRun) -> None:
         parent=active,
         metrics=metrics,
     )
-    promote, reason = decide_promotion(rule=rule, new_metrics=metrics, active=active)
+    promote, reason = decide_promotion(rule=rule, new_metrics=metrics, active=active, active_metrics=active_metrics)
     if promote:
         services.model_version_promote(version=version)
-    summary = {**metrics, "promotion": {"promoted": promote, "reason": reason, "version": version.version}}
+    summary = {
+        **metrics,
+        "promotion": {"promoted": promote, "reason": reason, "version": version.version, "active": active_metrics},
+    }
     services.training_run_finish(run_id=run.pk, status=RunStatus.SUCCEEDED, metrics=summary)
 
 
-def decide_promotion(*, rule: str, new_metrics: dict, active: ModelVersion | None) -> tuple[bool, str]:
+def decide_promotion(
+    *, rule: str, new_metrics: dict, active: ModelVersion | None, active_metrics: dict | None = None
+) -> tuple[bool, str]:
     if active is None:
         return True, "no reward model was active"
     if rule == "always":
@@ -112,12 +126,12 @@ def decide_promotion(*, rule: str, new_metrics: dict, active: ModelVersion | Non
     if rule == "never":
         return False, "promotion rule is 'never'; promote it by hand"
     new = new_metrics.get("reward/accuracy")
-    old = (active.metrics or {}).get("reward/accuracy")
+    old = (active_metrics or {}).get("reward/accuracy")
     if new is None or old is None:
-        return False, "held-out accuracy missing for the new or the active model"
+        return False, "the new or the active model could not be scored on the eval pairs; promote it by hand"
     if new >= old:
-        return True, f"held-out accuracy {new:.3f} is not worse than the active model's {old:.3f}"
-    return False, f"held-out accuracy {new:.3f} is worse than the active model's {old:.3f}"
+        return True, f"held-out accuracy {new:.3f} is not worse than the active model's {old:.3f} on the same pairs"
+    return False, f"held-out accuracy {new:.3f} is worse than the active model's {old:.3f} on the same pairs"
 
 
 @shared_task

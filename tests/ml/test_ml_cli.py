@@ -45,6 +45,13 @@ def test_cli_trains_saves_and_reports(tiny_base: Path, pair_files, tmp_path: Pat
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["parent"] == "v7" and meta["metrics"] == metrics and meta["world_size"] == 1
 
+    # `evaluate` scores the saved model on an eval file and reproduces the metrics of training.
+    again = run_cli(["evaluate", "--model", str(out), "--eval", str(eval_)])
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["reward/accuracy"] == pytest.approx(metrics["reward/accuracy"])
+    missing = run_cli(["evaluate", "--model", str(tmp_path), "--eval", str(eval_)])
+    assert missing.returncode == 2 and "no metadata.json" in missing.stderr and "Traceback" not in missing.stderr
+
 
 @pytest.mark.slow
 def test_cli_bad_jsonl_line_exits_nonzero_with_line_number(tiny_base: Path, pair_files, tmp_path: Path):

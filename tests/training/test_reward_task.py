@@ -10,6 +10,7 @@ from django.db import transaction
 
 from training import services
 from training.models import ModelVersion, RunStatus, TrainingRun
+from training.runner import run_label
 from training.tasks import training_run_execute
 
 pytestmark = pytest.mark.slow
@@ -61,6 +62,14 @@ def test_a_reward_run_trains_registers_and_promotes_a_model(start_worker, labell
         scores = model(**batch).logits.squeeze(-1)
     assert scores[0] > scores[1]
 
+    # A second run is judged against the active model on the very same eval pairs.
+    second = wait_for(queue_run(labelled_project, FAST), {"succeeded", "failed"})
+    assert second.status == "succeeded", second.error
+    promotion = second.metrics["promotion"]
+    assert promotion["active"]["reward/count"] == second.metrics["reward/count"]
+    assert promotion["promoted"] == (second.metrics["reward/accuracy"] >= promotion["active"]["reward/accuracy"])
+    assert ModelVersion.objects.get(run=second).version == 2
+
 
 def test_a_failed_run_records_the_error_and_keeps_the_active_model(start_worker, labelled_project):
     start_worker("gpu", name="gpu")
@@ -93,7 +102,7 @@ def test_cancelling_a_running_run_kills_its_training(start_worker, labelled_proj
     assert not ModelVersion.objects.filter(run=run).exists()
     import subprocess
 
-    leftover = subprocess.run(["pgrep", "-f", f"runs/{run.pk}/progress.jsonl"], capture_output=True, text=True)
+    leftover = subprocess.run(["pgrep", "-f", f"runs/{run_label(run)}/progress.jsonl"], capture_output=True, text=True)
     assert leftover.stdout.strip() == "", "the training subprocess outlived its cancelled run"
 
 

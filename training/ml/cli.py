@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config-json", default="{}", help="RewardConfig overrides as a JSON object, or @file.json")
     p.add_argument("--progress-file", default=None, help="append JSON progress lines here")
     p.add_argument("--parent", default=None, help="id of the parent model version, stored in metadata")
+    e = sub.add_parser("evaluate", help="held-out metrics of a saved reward model on an eval file")
+    e.add_argument("--model", required=True, help="directory of a reward model saved by `reward`")
+    e.add_argument("--eval", required=True, help="evaluation JSONL")
+    e.add_argument("--progress-file", default=None, help="accepted for a uniform interface; unused")
     return parser
 
 
@@ -187,10 +191,29 @@ def run_reward(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .checkpoint import METADATA_FILE, finite
+    from .reward import evaluate_saved
+
+    if not (Path(args.model) / METADATA_FILE).is_file():
+        raise UsageError(f"--model: {args.model} is not a reward model saved by `reward` (no {METADATA_FILE})")
+    if not Path(args.eval).is_file():
+        raise UsageError(f"--eval: file not found: {args.eval}")
+    import transformers
+
+    transformers.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_error()
+    print(json.dumps(finite(evaluate_saved(args.model, args.eval)), sort_keys=True), flush=True)
+    return 0
+
+
+COMMANDS = {"reward": run_reward, "evaluate": run_evaluate}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return run_reward(args)
+        return COMMANDS[args.command](args)
     except (UsageError, ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -370,3 +370,18 @@ def train(
     except BaseException:
         teardown_runtime(rt, barrier=False)  # a peer may be stuck in a collective: do not wait for it
         raise
+
+
+def evaluate_saved(model_dir: str | Path, eval_path: str | Path, device: str = "auto") -> dict[str, float]:
+    """Held-out metrics of an already trained model on another eval file, with the config it was
+    trained with (so tokenisation matches). Promotion uses it to score the active model on the new
+    model's eval pairs: the two are compared on the same data, not each on its own split."""
+    from .checkpoint import load_reward_model
+
+    rt = setup_runtime(device)
+    loaded = load_reward_model(model_dir, device=rt.device)
+    saved = dict(loaded.metadata.get("config", {}))
+    saved["base_model"] = str(model_dir)
+    cfg = RewardConfig.from_dict({k: v for k, v in saved.items() if k in RewardConfig.__dataclass_fields__})
+    dataset = build_dataset(load_records(eval_path, cfg), loaded.tokenizer, cfg)
+    return evaluate(loaded.model, dataset, cfg, rt)
