@@ -34,8 +34,24 @@ def is_eval_comparison(comparison_id: int, eval_percent: int) -> bool:
     return int.from_bytes(digest[:4], "big") % 100 < eval_percent
 
 
-def write_reward_snapshot(*, project: Project, folder: Path, eval_percent: int = 20) -> Snapshot:
-    """Writes train.jsonl and eval.jsonl (prompt, chosen, rejected, margin) into `folder`."""
+def in_replay_sample(preference_id: int, replay_percent: int) -> bool:
+    digest = hashlib.sha256(f"replay:{preference_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % 100 < replay_percent
+
+
+def write_reward_snapshot(
+    *,
+    project: Project,
+    folder: Path,
+    eval_percent: int = 20,
+    new_since: int | None = None,
+    replay_percent: int = 100,
+) -> Snapshot:
+    """Writes train.jsonl and eval.jsonl (prompt, chosen, rejected, margin) into `folder`.
+
+    For a warm start, `new_since` is the previous run's watermark: the train file then holds every
+    preference after it plus a `replay_percent` sample of the older ones, so the model keeps what it
+    learned without paying for a full pass. The eval file always holds the whole eval side."""
     folder.mkdir(parents=True, exist_ok=True)
     labels = Preference.objects.filter(project=project, choice__in=[Choice.A, Choice.B])
     watermark = labels.aggregate(m=Max("id"))["m"] or 0
@@ -43,6 +59,7 @@ def write_reward_snapshot(*, project: Project, folder: Path, eval_percent: int =
         labels.filter(id__lte=watermark)
         .order_by("id")
         .values_list(
+            "id",
             "comparison_id",
             "choice",
             "strength",
@@ -56,13 +73,16 @@ def write_reward_snapshot(*, project: Project, folder: Path, eval_percent: int =
     digest = hashlib.sha256()
     counts = {"train": 0, "eval": 0}
     with train_path.open("w", encoding="utf-8") as train, eval_path.open("w", encoding="utf-8") as held_out:
-        for comparison_id, choice, strength, text, messages, text_a, text_b in rows.iterator(chunk_size=2000):
+        for pref_id, comparison_id, choice, strength, text, messages, text_a, text_b in rows.iterator(chunk_size=2000):
+            side = "eval" if is_eval_comparison(comparison_id, eval_percent) else "train"
+            is_old = new_since is not None and pref_id <= new_since
+            if side == "train" and is_old and not in_replay_sample(pref_id, replay_percent):
+                continue
             chosen, rejected = (text_a, text_b) if choice == Choice.A else (text_b, text_a)
             record = {"prompt": messages if messages is not None else text, "chosen": chosen, "rejected": rejected}
             record["margin"] = float(strength or 0)
             line = json.dumps(record, ensure_ascii=False) + "\n"
             digest.update(line.encode("utf-8"))
-            side = "eval" if is_eval_comparison(comparison_id, eval_percent) else "train"
             (held_out if side == "eval" else train).write(line)
             counts[side] += 1
     return Snapshot(train_path, eval_path, counts["train"], counts["eval"], watermark, digest.hexdigest())

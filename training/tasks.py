@@ -48,9 +48,16 @@ def reward_run(run: TrainingRun) -> None:
     project = run.project
     folder = run_dir(run)
 
-    # 1. Freeze the data.
-    eval_percent = config.get("eval_percent", 20)
-    snapshot = write_reward_snapshot(project=project, folder=folder / "data", eval_percent=eval_percent)
+    # 1. Freeze the data: everything, or for a warm start the new labels and a replay sample.
+    active = ModelVersion.objects.filter(project=project, kind=ModelKind.REWARD, is_active=True).first()
+    warm = bool(config.get("warm_start") and active and active.run and active.run.data_watermark)
+    snapshot = write_reward_snapshot(
+        project=project,
+        folder=folder / "data",
+        eval_percent=config.get("eval_percent", 20),
+        new_since=active.run.data_watermark if warm else None,
+        replay_percent=config.get("replay_percent", 20),
+    )
     TrainingRun.objects.filter(pk=run.pk).update(
         data_snapshot=str(folder / "data"), data_hash=snapshot.sha256, data_watermark=snapshot.watermark
     )
@@ -61,9 +68,8 @@ def reward_run(run: TrainingRun) -> None:
         )
 
     # 2. Train, from the project's base or (warm start) from the active reward model.
-    active = ModelVersion.objects.filter(project=project, kind=ModelKind.REWARD, is_active=True).first()
     base_name = config.get("base") or project.reward_model_base
-    start_from = active.artifact_path if (config.get("warm_start") and active) else resolve_base(base_name)
+    start_from = active.artifact_path if warm else resolve_base(base_name)
     out = Path(settings.ARTIFACT_ROOT) / "models" / str(project.pk) / "reward" / f"run-{run_label(run)}"
     argv = [
         "reward",
