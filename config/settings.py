@@ -204,6 +204,9 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # an exact name wins over the glob.
 CELERY_TASK_ROUTES = {"training.tasks.loop_tick": {"queue": "celery"}, "training.tasks.*": {"queue": "gpu"}}
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# A running run whose worker has not reported for this long is failed by the loop's reaper. The
+# worker reports every 2 s while training, so a minute of silence means it is gone.
+TRAINING_HEARTBEAT_TIMEOUT = env_int("TRAINING_HEARTBEAT_TIMEOUT", 120)
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 

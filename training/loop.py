@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
+
 from annotation.models import Choice, Preference, Project
 from training import services
 from training.models import ACTIVE_STATUSES, ModelKind, ModelVersion, RunKind, RunStatus, TrainingRun
@@ -53,7 +55,11 @@ def next_run_for_project(project: Project) -> TrainingRun | None:
 
 
 def loop_tick() -> list[int]:
-    """One pass over the projects with auto-training on; returns the ids of the runs it queued."""
+    """One pass over the projects with auto-training on; returns the ids of the runs it queued.
+    Runs whose worker died are failed first, so that they do not block their project for ever."""
+    reaped = services.training_runs_reap(stale_after_seconds=settings.TRAINING_HEARTBEAT_TIMEOUT)
+    if reaped:
+        log.warning("loop: failed runs %s: their worker stopped reporting", reaped)
     queued = []
     for project in Project.objects.filter(auto_training=True):
         try:

@@ -79,6 +79,7 @@ def supervise(*, run_id: int, argv: list[str], folder: Path, timeout_s: float | 
             stderr=log,
             env=env,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         started = time.monotonic()
         try:
@@ -105,6 +106,18 @@ def supervise(*, run_id: int, argv: list[str], folder: Path, timeout_s: float | 
         return json.loads(out_path.read_text(encoding="utf-8").strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
         raise RuntimeError(f"training printed no metrics:\n{log_tail(log_path)}") from None
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: ask Linux to SIGKILL it when the worker dies, so a worker
+    killed with -9 does not leave a training process holding the GPU with nobody to report to."""
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass  # not Linux: the reaper still fails the run
 
 
 def _kill(proc: subprocess.Popen) -> None:

@@ -98,6 +98,25 @@ def training_run_finish(*, run_id: int, status: str, metrics: dict | None = None
     return TrainingRun.objects.filter(pk=run_id, status=RunStatus.RUNNING).update(**fields) == 1
 
 
+def training_runs_reap(*, stale_after_seconds: float) -> list[int]:
+    """Fails running runs whose worker stopped reporting: it was killed (OOM, kill -9, a lost
+    machine) and will never finish them. Their message was acknowledged late, so the broker may
+    redeliver it, but the claim refuses a run that is not queued; the loop or an admin starts a
+    new run instead. Returns the ids it failed."""
+    cutoff = timezone.now() - timezone.timedelta(seconds=stale_after_seconds)
+    stale = list(
+        TrainingRun.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=cutoff).values_list("id", flat=True)
+    )
+    if stale:
+        TrainingRun.objects.filter(pk__in=stale, status=RunStatus.RUNNING, heartbeat_at__lt=cutoff).update(
+            status=RunStatus.FAILED,
+            finished_at=timezone.now(),
+            error=f"the worker stopped reporting for over {stale_after_seconds:.0f} s (killed or lost); "
+            "the active model was left as it was",
+        )
+    return stale
+
+
 def training_run_cancel(*, run: TrainingRun) -> TrainingRun:
     """Cancels a queued or running run. A running run's worker sees the status change at its next
     progress report and kills the training subprocess."""

@@ -105,3 +105,21 @@ def test_the_schedule_is_a_periodic_task_editable_in_the_admin():
     task = PeriodicTask.objects.get(name="training loop")
     assert task.task == "training.tasks.loop_tick" and task.enabled
     assert task.interval.every == 60
+
+
+def test_the_tick_fails_runs_whose_worker_stopped_reporting(project, settings):
+    settings.TRAINING_HEARTBEAT_TIMEOUT = 60
+    now = timezone.now()
+    dead = TrainingRun.objects.create(
+        project=project,
+        kind="reward",
+        status="running",
+        started_at=now,
+        heartbeat_at=now - timezone.timedelta(minutes=5),
+    )
+    alive = TrainingRun.objects.create(project=project, kind="ppo", status="running", started_at=now, heartbeat_at=now)
+    loop_tick()
+    dead.refresh_from_db()
+    alive.refresh_from_db()
+    assert dead.status == "failed" and "stopped reporting" in dead.error and dead.finished_at
+    assert alive.status == "running"

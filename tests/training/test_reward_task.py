@@ -119,3 +119,42 @@ def test_a_second_run_of_the_same_kind_is_refused_while_one_is_queued(labelled_p
     TrainingRun.objects.create(project=labelled_project, kind="reward")
     with pytest.raises(services.TrainingError, match="already queued or running"):
         services.training_run_create(project=labelled_project, kind="reward")
+
+
+def test_a_worker_killed_mid_run_takes_its_training_with_it_and_is_reaped(start_worker, labelled_project, settings):
+    import os
+    import signal
+    import subprocess
+
+    from training.loop import loop_tick
+
+    worker = start_worker("gpu", name="gpu-doomed")
+    active = ModelVersion.objects.create(
+        project=labelled_project, kind="reward", version=1, artifact_path="/models/v1", base="b", is_active=True
+    )
+    run = queue_run(labelled_project, {"trainer": {"batch_size": 1, "epochs": 50, "max_length": 64}})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        run.refresh_from_db()
+        if run.status == "running" and run.step > 0:
+            break
+        time.sleep(0.3)
+    assert run.step > 0, (run.status, run.error)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait(timeout=10)
+    time.sleep(2)
+    leftover = subprocess.run(["pgrep", "-f", f"runs/{run_label(run)}/progress.jsonl"], capture_output=True, text=True)
+    assert leftover.stdout.strip() == "", "the training process outlived its killed worker"
+
+    settings.TRAINING_HEARTBEAT_TIMEOUT = 2
+    time.sleep(3)
+    loop_tick()
+    run.refresh_from_db()
+    assert run.status == "failed" and "stopped reporting" in run.error
+    active.refresh_from_db()
+    assert active.is_active and not ModelVersion.objects.filter(run=run).exists()
+
+    # The project is not stuck: a new worker runs a new reward run to the end.
+    start_worker("gpu", name="gpu-fresh")
+    fresh = wait_for(queue_run(labelled_project, {**FAST, "promotion": "always"}), {"succeeded", "failed"})
+    assert fresh.status == "succeeded", fresh.error
