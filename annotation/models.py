@@ -169,6 +169,13 @@ class Comparison(models.Model):
     gold_choice = models.CharField(max_length=10, choices=Choice.choices, blank=True)
     # Kept by preference_submit in the same transaction as the insert; the queue orders by it.
     label_count = models.PositiveIntegerField(default=0)
+    # The queue serves the newest policy's comparisons first. Ordering by a join to both responses
+    # cannot use an index, so the id of the newest policy version that wrote either response (ids
+    # grow with time; 0 when neither was generated here) is copied here by a database trigger on
+    # insert (migration 0004), whatever code path inserts the row. Nullable only so that SQLite can
+    # add the column without rebuilding the table (0003's triggers refuse a rebuild); the trigger
+    # always sets it.
+    policy_rank = models.BigIntegerField(null=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -184,9 +191,14 @@ class Comparison(models.Model):
             models.UniqueConstraint(fields=["id", "project"], name="comparison_id_project"),
         ]
         indexes = [
-            # The annotator queue: a project's comparisons that still need labels, the ones
-            # closest to completion first (selectors.next_comparison).
+            # A project's comparisons still short of their overlap: the home page's "left in
+            # your queue" count (selectors.project_progress_for_user) and the dashboard.
             models.Index(fields=["project", "label_count", "id"], name="comparison_queue"),
+            # The queue's walk in serving order (annotation.queue): the first row of the project's
+            # gold or regular comparisons that passes the per-annotator checks is leased.
+            models.Index(
+                fields=["project", "is_gold", "-label_count", "-policy_rank", "id"], name="comparison_queue_order"
+            ),
             models.Index(fields=["prompt"], name="comparison_prompt"),
         ]
 
