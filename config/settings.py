@@ -212,14 +212,55 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    # Scripts send `Authorization: Token <key>`; the pages use their session, with CSRF checks.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "annotation.api.authentication.ApiTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "annotation.api.errors.SizeLimitedJSONParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "EXCEPTION_HANDLER": "annotation.api.errors.api_exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "annotation.api.pagination.IdCursorPagination",
+    "PAGE_SIZE": 100,
+    # `format` is an export parameter (trl, csv, parquet...), not DRF's renderer switch.
+    "URL_FORMAT_OVERRIDE": None,
+    # Per process (the default local-memory cache): a brake on a runaway script, not a quota.
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.AnonRateThrottle",
+        "rest_framework.throttling.UserRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": "120/minute",
+        "user": "6000/minute",
+    },
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Feedback loop API",
-    "DESCRIPTION": "Prompts, comparisons, preferences, exports and training runs.",
+    "DESCRIPTION": (
+        "Prompts, comparisons, preferences, exports and training runs. Authenticate with "
+        "`Authorization: Token <key>`, or with a logged-in session (send the CSRF token). Every error is "
+        '`{"message": ..., "errors": {field: [...]}}`.'
+    ),
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "RunKindEnum": "training.models.RunKind",
+        "ModelKindEnum": "training.models.ModelKind",
+        "RunStatusEnum": "training.models.RunStatus",
+        "ChoiceEnum": "annotation.models.Choice",
+        "SideEnum": "annotation.models.Side",
+        "StrengthEnum": "annotation.models.Strength",
+        "RoleEnum": "annotation.models.Role",
+    },
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "annotation.api.schema.add_error_responses",
+    ],
 }
 
 LOGGING = {

@@ -12,21 +12,9 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
+from annotation.exports import as_conversational
 from annotation.models import Project
 from annotation.selectors import ExportFilters, iter_export_rows
-
-
-def as_conversational(row: dict) -> dict:
-    """TRL's conversational variant: the prompt as turns and each answer as an assistant message."""
-    prompt = row["prompt"]
-    if isinstance(prompt, str):
-        prompt = [{"role": "user", "content": prompt}]
-    return {
-        **row,
-        "prompt": prompt,
-        "chosen": [{"role": "assistant", "content": row["chosen"]}],
-        "rejected": [{"role": "assistant", "content": row["rejected"]}],
-    }
 
 
 class Command(BaseCommand):

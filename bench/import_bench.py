@@ -1,0 +1,89 @@
+"""Import benchmark: 100,000 labelled pairs through POST /api/v1/projects/<slug>/import/.
+
+    .venv/bin/python bench/import_bench.py [--pairs 100000]
+
+The pairs are HH-RLHF dev pairs (prompts made unique by a number, so every pair is new work: a
+prompt, two responses, a comparison and a preference each), sent as one raw JSONL body to
+gunicorn on 127.0.0.1 (one sync worker, production settings), into a fresh project of the bench
+database (BENCH_DATABASE_URL, default rlhf_bench_api). Reported: pairs per second from the first
+byte sent to the response. Target: >= 10,000
+pairs/s. The project is deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from export_bench import DEFAULT_DB, Gunicorn, hh_pairs, setup_django, staff_token  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=100_000)
+    args = parser.parse_args()
+    database_url = os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB)
+    setup_django(database_url)
+    from annotation.models import Preference, Project
+
+    slug = f"bench-import-{int(time.time())}"
+    Project.objects.create(name="Import benchmark", slug=slug)
+    token = staff_token()
+    pairs = hh_pairs()
+    body = tempfile.TemporaryFile()
+    for i in range(args.pairs):
+        pair = pairs[i % len(pairs)]
+        rejected = pair["rejected"] if pair["rejected"] != pair["chosen"] else pair["rejected"] + " "
+        line = {"prompt": f"[{i}] {pair['prompt']}", "chosen": pair["chosen"], "rejected": rejected, "margin": 1}
+        body.write(json.dumps(line, ensure_ascii=False).encode() + b"\n")
+    size = body.tell()
+    body.seek(0)
+    server = Gunicorn(database_url)
+    try:
+        request = urllib.request.Request(
+            f"{server.base}/api/v1/projects/{slug}/import/?annotator=bench",
+            data=body,
+            method="POST",
+            headers={
+                "Authorization": f"Token {token}",
+                "Content-Type": "application/jsonl",
+                "Content-Length": str(size),
+            },
+        )
+        import psutil
+
+        worker = psutil.Process(server.worker_pid())
+        cpu_before = worker.cpu_times()
+        started = time.perf_counter()
+        with urllib.request.urlopen(request, timeout=600) as response:
+            summary = json.loads(response.read())
+        elapsed = time.perf_counter() - started
+        cpu_after = worker.cpu_times()
+        cpu = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
+    finally:
+        server.stop()
+        body.close()
+    project = Project.objects.get(slug=slug)
+    stored = Preference.objects.filter(project=project).count()
+    assert stored == args.pairs == summary["preferences_created"], (stored, summary)
+    rate = args.pairs / elapsed
+    print(f"{args.pairs:,} pairs ({size / 1e6:.0f} MB of JSONL) imported in {elapsed:.1f} s = {rate:,.0f} pairs/s")
+    print(f"created: {summary}")
+    print(f"web worker CPU {cpu:.1f} s; the rest of the time is PostgreSQL (inserts, constraint checks, commit)")
+    print(f"load average after the run: {', '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+    started = time.perf_counter()
+    Preference.objects.filter(project=project).delete()
+    project.delete()
+    print(f"(bench project deleted in {time.perf_counter() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
