@@ -25,6 +25,13 @@ def pytest_configure(config):
             raise pytest.UsageError("CI must run the suite on Redis: set CELERY_BROKER_URL (./dev test does)")
 
 
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings):
+    # The factories set a password on every user; PBKDF2 at full strength costs most of a small
+    # test's time on this CPU. Subprocesses (manage.py, workers) keep the real hashers.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def project(db):
     return ProjectFactory()
