@@ -129,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", required=True, help="directory of a reward model saved by `reward`")
     e.add_argument("--eval", required=True, help="evaluation JSONL")
     e.add_argument("--progress-file", default=None, help="accepted for a uniform interface; unused")
+    from .cli_ppo import add_generate_parser, add_ppo_parser  # here: cli_ppo imports this module
+
+    add_ppo_parser(sub)
+    add_generate_parser(sub)
     return parser
 
 
@@ -207,13 +211,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"reward": run_reward, "evaluate": run_evaluate}
-
-
 def main(argv: list[str] | None = None) -> int:
+    from .cli_ppo import run_generate, run_ppo
+
+    commands = {"reward": run_reward, "evaluate": run_evaluate, "ppo": run_ppo, "generate": run_generate}
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return commands[args.command](args)
     except (UsageError, ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
