@@ -15,6 +15,7 @@ from django.conf import settings
 from training import services
 from training.bases import BaseModelError, resolve_base
 from training.models import ModelKind, ModelVersion, RunKind, RunStatus, TrainingRun
+from training.policy_runs import generate_run, ppo_run
 from training.runner import RunCancelled, remove_partial, run_dir, run_label, supervise
 from training.snapshot import write_reward_snapshot
 
@@ -29,8 +30,10 @@ def training_run_execute(run_id: int) -> str:
     try:
         if run.kind == RunKind.REWARD:
             reward_run(run)
+        elif run.kind == RunKind.PPO:
+            ppo_run(run)
         else:
-            raise services.TrainingError(f"{run.get_kind_display()} runs are not available in this version yet")
+            generate_run(run)
     except RunCancelled:
         return "cancelled"
     except (services.TrainingError, BaseModelError, RuntimeError, OSError) as exc:

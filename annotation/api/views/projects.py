@@ -16,18 +16,9 @@ from annotation.api.pagination import IdCursorPagination
 from annotation.api.views.base import AdminOnly, ProjectScopedMixin
 from annotation.models import Membership, Project, Role
 from annotation.selectors import projects_for_user
+from annotation.services import PROJECT_EDITABLE_FIELDS
 
-PROJECT_FIELDS = [
-    "name",
-    "guidelines",
-    "overlap",
-    "reward_model_base",
-    "policy_base",
-    "retrain_threshold",
-    "gold_rate",
-    "lease_seconds",
-    "auto_training",
-]
+PROJECT_FIELDS = list(PROJECT_EDITABLE_FIELDS)
 
 
 # The model's check constraints, as field rules, so a bad value is named by its field.
