@@ -152,3 +152,38 @@ def test_save_refuses_non_empty_out_dir(tiny_base: Path, tmp_path: Path):
 
 def test_synthetic_pairs_are_valid(tmp_path: Path):
     assert len(load_pair_records(write_jsonl(tmp_path / "p.jsonl", synthetic_pairs(5)))) == 5
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer random GPT-2 with the MiniLM tokenizer: the decoder-only path, where the score is
+    read at the last real token and the model has no token type ids."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2Model
+
+    from .conftest import minilm_dir
+
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    tokenizer.save_pretrained(path)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=128)
+    GPT2Model(config).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("base_fixture", ["tiny_base", "tiny_gpt2_base"])
+def test_bert_and_gpt2_like_models_learn_a_separable_preference(base_fixture, request, tmp_path: Path):
+    from .conftest import synthetic_pairs, write_jsonl
+
+    base = request.getfixturevalue(base_fixture)
+    train_path = write_jsonl(tmp_path / "train.jsonl", synthetic_pairs(64, seed=1))
+    eval_path = write_jsonl(tmp_path / "eval.jsonl", synthetic_pairs(32, seed=2))
+    cfg = tiny_cfg(base, epochs=4, lr=3e-3, batch_size=8)
+    torch.manual_seed(0)
+    model, tokenizer = load_model_and_tokenizer(cfg.base_model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    metrics = fit(model, build_dataset(load_records(train_path, cfg), tokenizer, cfg),
+                  build_dataset(load_records(eval_path, cfg), tokenizer, cfg), cfg)
+    assert math.isfinite(metrics["train/loss"])
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert metrics["reward/accuracy"] >= 0.95, metrics
