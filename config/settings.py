@@ -94,6 +94,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "config.security.SecurityHeadersMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -176,6 +177,27 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
+# Content-Security-Policy and Permissions-Policy come from config.security; a directive here
+# replaces its default there, e.g. {"img-src": "'self' data: https://cdn.example"}.
+CONTENT_SECURITY_POLICY: dict[str, str] = {}
+
+# Two caches. "default" is per process (DRF's API throttle: a brake, not a quota). "shared" holds the
+# login throttle's counters, which every gunicorn worker must see, or each would count failed
+# logins on its own: production sets CACHE_URL to Redis. The login throttle fails open when that
+# cache is down, so a Redis outage never locks annotators out.
+CACHE_URL = env_str("CACHE_URL", "locmem://")
+if CACHE_URL.startswith(("redis://", "rediss://")):
+    _shared_cache = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
+elif CACHE_URL.startswith("locmem://"):
+    _shared_cache = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "shared"}
+else:
+    raise ImproperlyConfigured(f"CACHE_URL={CACHE_URL!r}: expected redis://host:port/db or locmem://")
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}, "shared": _shared_cache}
+
+# Login throttling (config.auth): this many failed attempts for one username from one address
+# within the window locks that pair out until the window has passed.
+LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
+LOGIN_FAILURE_WINDOW_SECONDS = env_int("LOGIN_FAILURE_WINDOW_SECONDS", 15 * 60)
 
 # Celery. The embedded broker is kombu's filesystem transport: messages are files under var/, so
 # the worker and beat run with no server. Production points CELERY_BROKER_URL at Redis.
@@ -207,6 +229,9 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # A running run whose worker has not reported for this long is failed by the loop's reaper. The
 # worker reports every 2 s while training, so a minute of silence means it is gone.
 TRAINING_HEARTBEAT_TIMEOUT = env_int("TRAINING_HEARTBEAT_TIMEOUT", 120)
+# A run still queued after this long has its message sent again by the loop's tick: the broker
+# may have been down when it was queued. The claim makes a duplicate message harmless.
+TRAINING_REDISPATCH_AFTER = env_int("TRAINING_REDISPATCH_AFTER", 300)
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
@@ -221,7 +246,8 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [
         "annotation.api.errors.SizeLimitedJSONParser",
-        "rest_framework.parsers.MultiPartParser",
+        # Refuses an upload over the import limit before reading it (Django would spool it to disk).
+        "annotation.api.errors.SizeLimitedMultiPartParser",
     ],
     "EXCEPTION_HANDLER": "annotation.api.errors.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "annotation.api.pagination.IdCursorPagination",

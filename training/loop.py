@@ -60,6 +60,9 @@ def loop_tick() -> list[int]:
     reaped = services.training_runs_reap(stale_after_seconds=settings.TRAINING_HEARTBEAT_TIMEOUT)
     if reaped:
         log.warning("loop: failed runs %s: their worker stopped reporting", reaped)
+    resent = services.training_runs_redispatch(queued_for_seconds=settings.TRAINING_REDISPATCH_AFTER)
+    if resent:
+        log.info("loop: sent queued runs %s again (their message may have been refused or lost)", resent)
     queued = []
     for project in Project.objects.filter(auto_training=True):
         try:

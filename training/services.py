@@ -6,6 +6,7 @@ A run's life: training_run_create (queued) -> training_run_claim (running, by ex
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
@@ -14,6 +15,8 @@ from django.utils import timezone
 
 from annotation.models import Project
 from training.models import ACTIVE_STATUSES, FINISHED_STATUSES, ModelKind, ModelVersion, RunKind, RunStatus, TrainingRun
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -60,7 +63,28 @@ def _dispatch(run_id: int) -> None:
     # code, and importing it lazily keeps Celery task registration out of import cycles.
     from training.tasks import training_run_execute
 
-    training_run_execute.delay(run_id)
+    try:
+        training_run_execute.delay(run_id)
+    except Exception:
+        # The broker (Redis) is down. The run is committed as queued, which is the truth: the
+        # loop's tick sends queued runs again (training_runs_redispatch) once the broker is back,
+        # so the request that queued it need not fail.
+        log.warning(
+            "run %s is queued but the broker refused its message; the loop will resend it", run_id, exc_info=True
+        )
+
+
+def training_runs_redispatch(*, queued_for_seconds: float) -> list[int]:
+    """Sends again the ids of runs queued for longer than `queued_for_seconds`: their message was
+    refused (the broker was down) or lost with the broker. A duplicate message is harmless: the
+    claim lets exactly one of them start the run. Returns the ids it sent."""
+    cutoff = timezone.now() - timezone.timedelta(seconds=queued_for_seconds)
+    waiting = list(
+        TrainingRun.objects.filter(status=RunStatus.QUEUED, created_at__lte=cutoff).values_list("id", flat=True)
+    )
+    for run_id in waiting:
+        _dispatch(run_id)
+    return waiting
 
 
 def training_run_claim(*, run_id: int) -> bool:

@@ -18,7 +18,7 @@ from django.db import DataError
 from django.http import Http404, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
-from rest_framework.parsers import BaseParser, JSONParser
+from rest_framework.parsers import BaseParser, JSONParser, MultiPartParser
 from rest_framework.views import exception_handler as drf_exception_handler
 
 logger = logging.getLogger(__name__)
@@ -128,6 +128,22 @@ class SizeLimitedJSONParser(JSONParser):
             return super().parse(stream, media_type, parser_context)
         except RecursionError:
             raise exceptions.ParseError("JSON parse error - nested too deeply.") from None
+
+
+class SizeLimitedMultiPartParser(MultiPartParser):
+    """Django spools an uploaded file to disk whatever its size; a body whose declared length is
+    over the import limit is refused before a byte of it is read, so it cannot fill the disk."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        request = (parser_context or {}).get("request")
+        if request is not None:
+            try:
+                length = int(request.META.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                length = 0
+            if length > MAX_IMPORT_FILE_BYTES:
+                raise PayloadTooLarge(f"The request body is over the limit of {MAX_IMPORT_FILE_BYTES:,} bytes.")
+        return super().parse(stream, media_type, parser_context)
 
 
 class JSONLinesParser(BaseParser):

@@ -10,7 +10,6 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import NotFound
-from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -21,6 +20,7 @@ from annotation.api.errors import (
     NDJSONParser,
     PayloadTooLarge,
     SizeLimitedJSONParser,
+    SizeLimitedMultiPartParser,
     error_body,
 )
 from annotation.api.pagination import IdCursorPagination
@@ -101,7 +101,7 @@ class ProjectImportApi(AdminOnly, ProjectScopedMixin, APIView):
     (`Content-Type: application/jsonl`, options as query parameters). One bad record refuses the
     whole import with a 400 that lists every bad record; importing the same data twice adds nothing."""
 
-    parser_classes = [SizeLimitedJSONParser, MultiPartParser, JSONLinesParser, NDJSONParser]
+    parser_classes = [SizeLimitedJSONParser, SizeLimitedMultiPartParser, JSONLinesParser, NDJSONParser]
 
     @extend_schema(
         request={
