@@ -225,14 +225,16 @@ def fit(
         device_ids = [rt.device.index] if rt.device.type == "cuda" else None
         ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
-    # 2. AdamW; decay only on matrices (nanoGPT): biases and norm gains have no scale to regularise
+    # 2. AdamW; decay only on matrices (nanoGPT): biases and norm gains have no scale to regularise.
+    # Fused on CPU too: torch's CPU default is a per-tensor Python loop, which on MiniLM (22M params,
+    # half of them the word embeddings) cost ~1 s of a ~6 s step on 2 cores; the fused kernel ~0.1 s.
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
-                                  fused=rt.device.type == "cuda")
+                                  fused=rt.device.type in ("cuda", "cpu"))
 
     # 3. plan: every rank gets the same number of micro-batches (shard_batches pads)
     lengths = train_ds.lengths
