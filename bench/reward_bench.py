@@ -23,7 +23,10 @@ both the kept and the full eval set. The pairs each run used are in the table.
 What is timed (pairs/s = training pairs / that time): the call that runs the training loop, from
 optimizer creation to the last optimizer step: `fit(model, train_ds, None, cfg)` for ours,
 `trainer.train()` for TRL. Excluded on both sides: model load, tokenisation (our build_dataset,
-TRL's dataset preparation in RewardTrainer.__init__), evaluation.
+TRL's dataset preparation in RewardTrainer.__init__), evaluation. The machine is shared, so each
+run also records its process CPU time (pairs per CPU second, steadier under other processes' load)
+and the load average; ours runs before and after TRL (--trl-first swaps the order) and every
+measurement is reported, not only the best.
 
 Accuracy: strict r_chosen > r_rejected on the held-out pairs, each model scoring text the way it was
 trained (ours: prompt/response text pair with token types, prompt cut from the left; TRL: prompt +
@@ -154,6 +157,30 @@ def load_ours(base_dir: str, seed: int):
     return load_model_and_tokenizer(base_dir)
 
 
+class Clock:
+    """Wall time (the figure reported) plus this process's CPU time and the 1-minute load average.
+
+    The machine is shared: wall-clock pairs/s moves with the other processes' load, while CPU
+    seconds per pair (user + sys of all our threads) mostly does not, so both are recorded.
+    """
+
+    def __init__(self) -> None:
+        self.load = os.getloadavg()[0]
+        self.cpu = time.process_time()
+        self.wall = time.perf_counter()
+
+    def stop(self, pairs: int) -> dict:
+        wall, cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+        return {
+            "pairs": pairs,
+            "seconds": wall,
+            "pairs_per_second": pairs / wall,
+            "cpu_seconds": cpu,
+            "pairs_per_cpu_second": pairs / cpu,
+            "loadavg_1min_start_end": [self.load, os.getloadavg()[0]],
+        }
+
+
 def fit_ours(model: Any, tokenizer: Any, rows: list[dict], cfg: Any) -> dict:
     """Train in place; returns the timing. Tokenisation happens before the clock starts."""
     import torch
@@ -162,13 +189,10 @@ def fit_ours(model: Any, tokenizer: Any, rows: list[dict], cfg: Any) -> dict:
 
     train_ds = our_dataset(rows, tokenizer, cfg)
     torch.manual_seed(cfg.seed)
-    t0 = time.perf_counter()
+    clock = Clock()
     metrics = fit(model, train_ds, None, cfg)
-    seconds = time.perf_counter() - t0
     return {
-        "pairs": len(train_ds),
-        "seconds": seconds,
-        "pairs_per_second": len(train_ds) / seconds,
+        **clock.stop(len(train_ds)),
         "fit_loop_seconds": metrics["train/seconds"],
         "final_train_loss": metrics["train/loss"],
         "steps": int(metrics["train/steps"]),
@@ -260,16 +284,13 @@ def run_trl(
         if (chosen_ids, rejected_ids) != (toks.ids(by_index[index], "chosen"), toks.ids(by_index[index], "rejected")):
             raise AssertionError(f"TRL tokenised pair {index} differently from the bench's replica")
     print(f"[{label}] training on {len(prepared)} pairs (threads={torch.get_num_threads()})", flush=True)
-    t0 = time.perf_counter()
+    clock = Clock()
     output = trainer.train()
-    seconds = time.perf_counter() - t0
     result = {
         "trainer": f"trl {__import__('trl').__version__}",
         "threads": torch.get_num_threads(),
         "train": {
-            "pairs": len(prepared),
-            "seconds": seconds,
-            "pairs_per_second": len(prepared) / seconds,
+            **clock.stop(len(prepared)),
             "trl_train_runtime": output.metrics.get("train_runtime"),
             "final_train_loss": output.training_loss,
             "steps": output.global_step,
@@ -357,23 +378,25 @@ def run_warm_start(base_dir: str, rows: list[dict], eval_rows: list[dict], repla
 
 def table(report: dict) -> str:
     lines = [
-        f"{'run':<22}{'train pairs':>12}{'seconds':>10}{'pairs/s':>10}{'eval pairs':>12}{'accuracy':>10}"
-        f"{'len. base':>10}"
+        f"{'run':<22}{'train pairs':>12}{'seconds':>10}{'pairs/s':>10}{'pairs/cpu-s':>12}{'load':>11}"
+        f"{'eval pairs':>12}{'accuracy':>10}{'len. base':>10}"
     ]
     for name, run in report["runs"].items():
+        t = run["train"]
+        load = "{:.1f}-{:.1f}".format(*t["loadavg_1min_start_end"])
         for eval_name, ev in run["eval"].items():
             base = report["length_baseline"][eval_name]
             lines.append(
-                f"{name + ' @' + eval_name:<22}{run['train']['pairs']:>12}{run['train']['seconds']:>10.1f}"
-                f"{run['train']['pairs_per_second']:>10.3f}{ev['pairs']:>12}{ev['accuracy']:>10.4f}"
-                f"{base:>10.4f}"
+                f"{name + ' @' + eval_name:<22}{t['pairs']:>12}{t['seconds']:>10.1f}{t['pairs_per_second']:>10.3f}"
+                f"{t['pairs_per_cpu_second']:>12.3f}{load:>11}{ev['pairs']:>12}{ev['accuracy']:>10.4f}{base:>10.4f}"
             )
     s = report.get("summary", {})
     if s:
         lines.append("")
         lines.append(
             f"ours/TRL pairs/s: {s['speed_ratio']:.2f}x (each ours run vs TRL: "
-            f"{', '.join(f'{r:.2f}x' for r in s['speed_ratios_each'])}; target >= 1.3x)"
+            f"{', '.join(f'{r:.2f}x' for r in s['speed_ratios_each'])}; target >= 1.3x); "
+            f"per CPU second: {s['cpu_speed_ratio']:.2f}x"
         )
         lines.append(
             f"accuracy ours - TRL on the same {s['eval_pairs']} kept eval pairs: "
@@ -389,7 +412,8 @@ def table(report: dict) -> str:
         for key, title in (("old_model", "60% model"), ("full", "(a) full retrain"), ("warm", "(b) warm start")):
             lines.append(
                 f"  {title:<18} trained on {w[key]['train']['pairs']:>5} pairs in "
-                f"{w[key]['train']['seconds']:>7.1f} s, accuracy {w[key]['eval']['accuracy']:.4f}"
+                f"{w[key]['train']['seconds']:>7.1f} s ({w[key]['train']['cpu_seconds']:>7.1f} CPU s), "
+                f"accuracy {w[key]['eval']['accuracy']:.4f}"
             )
     return "\n".join(lines)
 
@@ -490,6 +514,9 @@ def main() -> int:
         report["summary"] = {
             "speed_ratio": sum(ratios) / len(ratios),
             "speed_ratios_each": ratios,
+            "cpu_speed_ratio": sum(o["train"]["pairs_per_cpu_second"] for o in ours)
+            / len(ours)
+            / trl["train"]["pairs_per_cpu_second"],
             "accuracy_ours": accs,
             "accuracy_trl": trl["eval"]["kept"]["accuracy"],
             # the ours runs are deterministic (same seed, same order), so their accuracies agree; use the first
