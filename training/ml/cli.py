@@ -136,8 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_config(args: argparse.Namespace) -> RewardConfig:
-    text = args.config_json
+def parse_overrides(text: str) -> dict:
+    """The --config-json value: a JSON object, or @file.json holding one."""
     if text.startswith("@"):
         try:
             text = Path(text[1:]).read_text(encoding="utf-8")
@@ -149,6 +149,11 @@ def parse_config(args: argparse.Namespace) -> RewardConfig:
         raise UsageError(f"--config-json is not valid JSON: {exc.msg} at column {exc.colno}") from None
     if not isinstance(overrides, dict):
         raise UsageError("--config-json must be a JSON object")
+    return overrides
+
+
+def parse_config(args: argparse.Namespace) -> RewardConfig:
+    overrides = parse_overrides(args.config_json)
     return RewardConfig.from_dict({**overrides, "base_model": args.base})
 
 

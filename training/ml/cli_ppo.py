@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .cli import EXIT_BAD_INPUT, ProgressReporter, UsageError
+from .cli import EXIT_BAD_INPUT, ProgressReporter, UsageError, parse_overrides
 from .data import DataError, file_sha256, read_jsonl
 from .ppo_config import GenerateConfig, PPOConfig
 
@@ -59,18 +59,7 @@ def add_generate_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _overrides(text: str) -> dict[str, Any]:
-    if text.startswith("@"):
-        try:
-            text = Path(text[1:]).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"--config-json: cannot read {text[1:]}: {exc.strerror}") from None
-    try:
-        overrides = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"--config-json is not valid JSON: {exc.msg} at column {exc.colno}") from None
-    if not isinstance(overrides, dict):
-        raise UsageError("--config-json must be a JSON object")
-    return overrides
+    return parse_overrides(text)
 
 
 def read_prompts(path: str) -> tuple[list[Any], list[Any]]:
