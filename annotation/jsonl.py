@@ -19,7 +19,13 @@ import json
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
+
+try:
+    # orjson reads a line two to three times faster than json; see _load for how the two agree.
+    import orjson
+except ImportError:  # pragma: no cover - orjson is in requirements.txt
+    orjson = None
 
 DEFAULT_MAX_LINE_BYTES = 1024 * 1024
 MAX_REPORTED_ERRORS = 50
@@ -40,13 +46,12 @@ class ImportFileError(Exception):
         return "\n".join(shown)
 
 
-@dataclass(frozen=True)
-class ResponseItem:
+class ResponseItem(NamedTuple):
     text: str
     source: str | None
 
 
-@dataclass
+@dataclass(slots=True)
 class Record:
     """One valid line. For a pair, responses are [chosen, rejected] and `choice` says how they
     relate: "chosen" (the first won), "tie" or "both_bad"."""
@@ -106,6 +111,13 @@ def _answer(name: str, value: object) -> str:
     raise LineError(f'"{name}" must be a string or a list of messages, not {type(value).__name__}')
 
 
+def _finite(number: int | float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an integer of hundreds of digits, which no float holds
+        return False
+
+
 def _optional_str(obj: dict, key: str) -> str | None:
     value = obj.get(key)
     if value is None:
@@ -124,7 +136,7 @@ def _pair(obj: dict, line: int, prompt: str | list[dict]) -> Record:
         raise LineError('"chosen" and "rejected" are identical')
     margin = obj.get("margin")
     if margin is not None:
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not _finite(margin) or margin < 0:
             raise LineError('"margin" must be a finite number >= 0')
     choice = obj.get("choice", "chosen")
     if obj.get("tie") is True:
@@ -189,21 +201,45 @@ def bounded_lines(stream: BinaryIO, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
         yield OversizedLine(size)
 
 
-def parse_line(raw: bytes | OversizedLine, line: int, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Record | None:
-    """One line to a Record, None for a blank line, or LineError saying what is wrong."""
-    if isinstance(raw, OversizedLine) or len(raw) > max_line_bytes + 2:
-        size = int(raw) if isinstance(raw, OversizedLine) else len(raw)
-        raise LineError(f"line is {size:,} bytes, over the limit of {max_line_bytes:,}")
+_BLANK = object()
+
+
+def _load(raw: bytes) -> object:
+    """The JSON value of a line, or _BLANK for a line of white space.
+
+    orjson reads the lines it accepts as json.loads would (same values, the last of duplicate
+    keys wins), except that an integer past 64 bits comes back as a float: the only number read
+    is `margin`, which becomes a float anyway. Any line orjson refuses goes to json.loads, which
+    decides: the lines orjson is stricter about (NaN, a lone surrogate escape, an integer too
+    large for a float, deep nesting) read, or fail, as they always did, and every refused line
+    gets the standard library's message."""
+    if orjson is not None:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise LineError(f"not valid UTF-8 (byte {exc.start + 1})") from None
     if not text.strip():
-        return None
+        return _BLANK
     try:
-        obj = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise LineError(f"invalid JSON: {exc.msg} at column {exc.colno}") from None
+    except RecursionError:
+        raise LineError("invalid JSON: nested too deeply") from None
+
+
+def parse_line(raw: bytes | OversizedLine, line: int, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Record | None:
+    """One line to a Record, None for a blank line, or LineError saying what is wrong."""
+    if isinstance(raw, OversizedLine) or len(raw) > max_line_bytes + 2:
+        size = int(raw) if isinstance(raw, OversizedLine) else len(raw)
+        raise LineError(f"line is {size:,} bytes, over the limit of {max_line_bytes:,}")
+    obj = _load(raw)
+    if obj is _BLANK:
+        return None
     if not isinstance(obj, dict):
         raise LineError(f"expected a JSON object, got {type(obj).__name__}")
     prompt = _prompt(obj.get("prompt"))

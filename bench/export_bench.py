@@ -1,12 +1,21 @@
 """Export benchmark: 1,000,000 preferences streamed out of PostgreSQL through the HTTP endpoint.
 
-    .venv/bin/python bench/export_bench.py [--rows 1000000] [--formats trl,parquet]
+    .venv/bin/python bench/export_bench.py [--rows 1000000] [--formats trl,parquet] [--mode raw]
 
 What it measures, per format: rows per second from the request to the last byte, and the growth
 of the web worker's resident memory (peak during the request minus its size before it). The web
 process is gunicorn on 127.0.0.1 with one sync worker and the production settings (DEBUG off);
-the client reads the body in 1 MiB pieces and counts rows as they arrive (JSONL) or reads the
-file's footer at the end (Parquet). Targets (issue 4): >= 50,000 rows/s, <= 100 MB RSS growth.
+the client reads the body in 1 MiB pieces and counts rows as they arrive (JSONL), or keeps the
+body in a file and counts its rows once the clock has stopped (Parquet: from its footer; CSV).
+Targets (issue 4): >= 50,000 rows/s, <= 100 MB RSS growth.
+
+Before each measured export the same format is exported from a small project (100 labels), so
+that the baseline includes what any first export of a format loads once per process (DRF, and
+for Parquet pyarrow's conversion code, about 60 MiB of it) and the growth is what the rows cost.
+Besides the wall clock it reports the CPU time of the three processes that share the machine:
+the web worker, the PostgreSQL backend serving it (found by the database name in its process
+title) and this client. On a shared machine the wall clock says more about the neighbours than
+about the export; the CPU seconds per million rows do not.
 
 The fixture lives in its own database (BENCH_DATABASE_URL, default rlhf_bench_api, created and
 migrated on first use) and is bulk-loaded with COPY: 100,000 prompts from the HH-RLHF dev file
@@ -164,6 +173,50 @@ class PeakRss(threading.Thread):
         return self.peak - self.baseline
 
 
+class BackendCpu(threading.Thread):
+    """CPU seconds of the PostgreSQL backends serving one database, from when it starts until it
+    stops: the backends are found by the database name in their process titles ("postgres: 15/main:
+    postgres rlhf_bench_api 127.0.0.1(50984) idle"), rescanned every 0.2 s and once at the end."""
+
+    def __init__(self, database_url: str):
+        import psutil
+
+        super().__init__(daemon=True)
+        self.psutil = psutil
+        self.tag = f" {database_url.rsplit('/', 1)[1]} "
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self._stop_event = threading.Event()
+        self._scan(started=True)
+
+    def _scan(self, started: bool = False) -> None:
+        for proc in self.psutil.process_iter(["name", "cmdline"]):
+            try:
+                if proc.info["name"] != "postgres" or self.tag not in " ".join(proc.info["cmdline"] or ()):
+                    continue
+                times = proc.cpu_times()
+            except self.psutil.Error:
+                continue
+            cpu = times.user + times.system
+            # A backend that appears later was started for this run: all of its time counts.
+            self.first.setdefault(proc.pid, cpu if started else 0.0)
+            self.last[proc.pid] = cpu
+
+    def run(self) -> None:
+        while not self._stop_event.wait(0.2):
+            self._scan()
+
+    def stop(self) -> float:
+        self._stop_event.set()
+        self.join()
+        self._scan()
+        return sum(self.last[pid] - self.first[pid] for pid in self.last)
+
+
+def load_average() -> str:
+    return f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs"
+
+
 def hh_pairs() -> list[dict]:
     return [json.loads(line) for line in HH.read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -309,41 +362,52 @@ def build_export_fixture(slug: str, n_preferences: int) -> int:
 # The measurement ---------------------------------------------------------------------------------
 
 
-def measure(server: Gunicorn, token: str, url: str, fmt: str) -> tuple[int, float, int, int, float]:
-    """Streams one export; returns (rows, seconds, bytes, RSS growth in bytes, CPU seconds the web
-    worker spent). An empty export
-    of the same format goes first, so that the baseline includes the modules a first request
-    imports (DRF, pyarrow) and the growth is what the rows themselves cost."""
-    warm_up = urllib.request.Request(
-        server.base + url + "&since=2999-01-01T00:00:00Z", headers={"Authorization": f"Token {token}"}
-    )
-    urllib.request.urlopen(warm_up, timeout=60).read()
+def measure(server: Gunicorn, token: str, url: str, warm_up_url: str, fmt: str, database_url: str) -> dict:
+    """Streams one export; returns its rows, seconds, bytes, the web worker's RSS growth (bytes)
+    and the CPU seconds of the web worker, the PostgreSQL backend and this client. A small export
+    of the same format goes first (see the module's docstring)."""
+    headers = {"Authorization": f"Token {token}"}
+    urllib.request.urlopen(urllib.request.Request(server.base + warm_up_url, headers=headers), timeout=60).read()
     rss = PeakRss(server.worker_pid())
     cpu_before = rss.process.cpu_times()
+    database = BackendCpu(database_url)
+    database.start()
     rss.start()
-    request = urllib.request.Request(server.base + url, headers={"Authorization": f"Token {token}"})
+    request = urllib.request.Request(server.base + url, headers=headers)
     started = time.perf_counter()
+    client_started = time.process_time()
     rows = size = 0
-    parquet = tempfile.TemporaryFile() if fmt == "parquet" else None
+    # Parquet's rows are in its footer and CSV's quoted texts hold line breaks: both are kept in a
+    # file and counted after the clock stops; JSONL's rows are its lines.
+    spool = tempfile.TemporaryFile() if fmt in ("parquet", "csv") else None
     with urllib.request.urlopen(request, timeout=600) as response:
         assert response.status == 200, response.status
         while piece := response.read(1 << 20):
             size += len(piece)
-            if parquet is not None:
-                parquet.write(piece)
+            if spool is not None:
+                spool.write(piece)
             else:
                 rows += piece.count(b"\n")
     elapsed = time.perf_counter() - started
+    client = time.process_time() - client_started
     growth = rss.stop()
     cpu_after = rss.process.cpu_times()
-    cpu = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
-    if parquet is not None:
+    worker = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
+    postgres = database.stop()
+    if fmt == "parquet":
         import pyarrow.parquet as pq
 
-        parquet.seek(0)
-        rows = pq.ParquetFile(parquet).metadata.num_rows
-        parquet.close()
-    return rows, elapsed, size, growth, cpu
+        spool.seek(0)
+        rows = pq.ParquetFile(spool).metadata.num_rows
+    elif fmt == "csv":
+        import csv
+        import io
+
+        spool.seek(0)
+        rows = sum(1 for _ in csv.reader(io.TextIOWrapper(spool, encoding="utf-8", newline=""))) - 1
+    if spool is not None:
+        spool.close()
+    return dict(rows=rows, seconds=elapsed, bytes=size, growth=growth, worker=worker, postgres=postgres, client=client)
 
 
 def main() -> None:
@@ -356,22 +420,31 @@ def main() -> None:
     setup_django(database_url)
     slug = f"bench-export-{args.rows}"
     have = build_export_fixture(slug, args.rows)
+    build_export_fixture("bench-export-warm-up", 100)
     token = staff_token()
     server = Gunicorn(database_url)
     try:
         print(f"{have:,} preferences in {slug}; export mode={args.mode}, ties included (every row is sent)")
+        print(f"load average before: {load_average()}")
         for fmt in args.formats.split(","):
-            url = f"/api/v1/projects/{slug}/export/?format={fmt}&mode={args.mode}&include_ties=true"
-            rows, seconds, size, growth, cpu = measure(server, token, url, fmt)
+            query = f"/export/?format={fmt}&mode={args.mode}&include_ties=true"
+            m = measure(
+                server,
+                token,
+                f"/api/v1/projects/{slug}{query}",
+                f"/api/v1/projects/bench-export-warm-up{query}",
+                fmt,
+                database_url,
+            )
+            per_million = 1e6 / m["rows"]
             print(
-                f"{fmt:>14}: {rows:,} rows in {seconds:.1f} s = {rows / seconds:,.0f} rows/s, "
-                f"{size / 1e6:,.0f} MB sent, web worker RSS +{growth / 2**20:.1f} MiB (peak over baseline), "
-                f"web worker CPU {cpu:.1f} s ({rows / max(cpu, 1e-9):,.0f} rows per CPU second)",
+                f"{fmt:>14}: {m['rows']:,} rows in {m['seconds']:.1f} s = {m['rows'] / m['seconds']:,.0f} rows/s, "
+                f"{m['bytes'] / 1e6:,.0f} MB sent, web worker RSS +{m['growth'] / 2**20:.1f} MiB (peak over "
+                f"baseline); CPU s per million rows: web worker {m['worker'] * per_million:.1f}, "
+                f"PostgreSQL {m['postgres'] * per_million:.1f}, client {m['client'] * per_million:.1f}; "
+                f"load average after: {load_average()}",
                 flush=True,
             )
-        # The web worker, PostgreSQL and this client share the machine; its load says how much
-        # of it the export had.
-        print(f"load average after the run: {', '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
     finally:
         server.stop()
 

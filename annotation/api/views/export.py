@@ -14,9 +14,9 @@ from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.views import APIView
 
 from annotation.api.views.base import AdminOnly, ProjectScopedMixin, validated_query
-from annotation.exports import FORMATS, write_export
+from annotation.exports import FORMATS, export_chunks
 from annotation.models import Preference
-from annotation.selectors import ExportFilters, annotator_pseudonym, export_rows
+from annotation.selectors import ExportFilters, annotator_pseudonym
 from training.models import ModelKind, ModelVersion
 
 
@@ -124,8 +124,7 @@ class ExportApi(AdminOnly, ProjectScopedMixin, APIView):
             policy_version_id=policy_version_id,
         )
         fmt = FORMATS[query["format"]]
-        rows = export_rows(project=self.project, filters=filters, mode=query["mode"])
-        chunks = write_export(rows, fmt=fmt.name, mode=query["mode"])
+        chunks = export_chunks(project=self.project, filters=filters, fmt=fmt.name, mode=query["mode"])
         response = StreamingHttpResponse(_in_one_transaction(chunks), content_type=fmt.content_type)
         filename = f"{self.project.slug}-preferences-{query['mode']}.{fmt.extension}"
         response["Content-Disposition"] = f'attachment; filename="{filename}"'

@@ -1,0 +1,195 @@
+"""The fast paths of the import (annotation.jsonl, services.preferences_import): lines are read by
+orjson and, where it refuses one, by json, with the same result as json alone; rows go to
+PostgreSQL by COPY and come back exactly as they were sent; a row written by someone else between
+the look-ups and the inserts is found on a second try; two imports of one file write it once."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+
+import pytest
+from django.db import connection, transaction
+
+from annotation import jsonl, services
+from annotation.jsonl import LineError, bounded_lines, parse_line, read_records
+from annotation.models import Comparison, Preference, Prompt, Response
+from tests.factories import ProjectFactory
+
+
+def records_of(lines: list[dict]):
+    return read_records(bounded_lines(io.BytesIO(b"".join(json.dumps(x).encode() + b"\n" for x in lines))))
+
+
+def counts(project) -> tuple[int, int, int, int]:
+    return (
+        Prompt.objects.filter(project=project).count(),
+        Response.objects.filter(prompt__project=project).count(),
+        Comparison.objects.filter(project=project).count(),
+        Preference.objects.filter(project=project).count(),
+    )
+
+
+AWKWARD = [
+    'a "quoted", comma, \\ backslash',
+    "\\N",
+    "NULL",
+    "line\nbreak\r\nand\ttab",
+    "emoji \U0001f600 and \u05e9\u05dc\u05d5\u05dd",
+    " ",
+]
+
+
+@pytest.mark.django_db
+def test_awkward_text_is_stored_exactly_as_it_was_imported():
+    project = ProjectFactory()
+    lines = [
+        {"prompt": f"{text} ({i})", "chosen": text, "rejected": f"not {text}", "annotator": f'ann "{i}", x'}
+        for i, text in enumerate(AWKWARD)
+    ]
+    lines.append({"prompt": "Empty answers are answers.", "chosen": "", "rejected": "Something."})
+    chat = [{"role": "system", "content": 'Be "brief",\nplease \\'}, {"role": "user", "content": "\u2028?"}]
+    lines.append({"prompt": chat, "responses": [{"text": "one", "model": 'm "1", v2'}, "two", "\\N"]})
+    summary = services.preferences_import(project=project, records=records_of(lines), source='src "x", y')
+    assert (summary.prompts_created, summary.responses_created) == (len(lines), 2 * (len(lines) - 1) + 3)
+    for i, text in enumerate(AWKWARD):
+        prompt = Prompt.objects.get(project=project, text=f"{text} ({i})")
+        assert prompt.messages is None
+        assert set(Response.objects.filter(prompt=prompt).values_list("text", "source")) == {
+            (text, 'src "x", y'),
+            (f"not {text}", 'src "x", y'),
+        }
+        preference = Preference.objects.get(comparison__prompt=prompt)
+        assert preference.annotator.username == f'import:ann "{i}", x'
+        assert (preference.rationale, preference.shown_left, preference.time_spent_ms) == ("", "", None)
+    assert Response.objects.filter(prompt__project=project, text="").count() == 1
+    chat_prompt = Prompt.objects.get(project=project, text="")
+    assert chat_prompt.messages == chat
+    assert sorted(Response.objects.filter(prompt=chat_prompt).values_list("text", "source")) == [
+        ("\\N", 'src "x", y'),
+        ("one", 'm "1", v2'),
+        ("two", 'src "x", y'),
+    ]
+    assert Comparison.objects.filter(prompt=chat_prompt).count() == 3
+    assert Comparison.objects.filter(prompt=chat_prompt, policy_rank=0, label_count=0, is_gold=False).count() == 3
+    before = counts(project)
+    again = services.preferences_import(project=project, records=records_of(lines), source='src "x", y')
+    assert (again.prompts_created, again.responses_created, again.comparisons_created) == (0, 0, 0)
+    assert again.preferences_existing == len(AWKWARD) + 1 and counts(project) == before
+
+
+ODD_LINES = [
+    b'{"prompt": "p", "chosen": "a", "rejected": "b", "margin": NaN}',
+    b'{"prompt": "p", "chosen": "a", "rejected": "b", "margin": 1e400}',
+    b'{"prompt": "p", "chosen": "a", "rejected": "b", "margin": 1' + b"0" * 400 + b"}",
+    b'{"prompt": "p", "chosen": "a", "rejected": "b", "margin": 1180591620717411303424}',
+    b'{"prompt": "p", "chosen": "a", "rejected": "b", "margin": -1180591620717411303424}',
+    b'{"prompt": "p", "chosen": "a", "rejected": "b", "margin": 2, "margin": 3}',
+    b'{"prompt": "\\ud800", "chosen": "a", "rejected": "b"}',
+    b'{"prompt": "p", "chosen": "a", "rejected": "b", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    b'{"prompt": "p", "chosen": "a\tb", "rejected": "b"}',
+    b'{"prompt": "p", "chosen": "a", "rejected": "b"} trailing',
+    b"\xef\xbb\xbf{}",
+    b"   \r\n",
+    b"\x0c\n",
+    b"[1, 2]",
+    b'{"prompt": "caf\xe9"}',
+    b'{"prompt": "p", "responses": ["x", {"text": "y", "model": "m"}, 3]}',
+    b'{"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "a"}], '
+    b'"rejected": "b", "tie": true, "annotator": " bob "}',
+]
+
+
+def read_line(raw: bytes):
+    try:
+        return parse_line(raw, 7)
+    except LineError as exc:
+        return f"LineError: {exc}"
+
+
+def test_orjson_and_json_read_every_line_alike(hh_path, monkeypatch):
+    lines = hh_path.read_bytes().splitlines(keepends=True) + ODD_LINES
+    with_orjson = [read_line(raw) for raw in lines]
+    monkeypatch.setattr(jsonl, "orjson", None)
+    with_json = [read_line(raw) for raw in lines]
+    assert with_orjson == with_json
+    odd = dict(zip(ODD_LINES, with_orjson[-len(ODD_LINES) :], strict=True))
+    assert (
+        odd[ODD_LINES[0]]
+        == odd[ODD_LINES[1]]
+        == odd[ODD_LINES[2]]
+        == ('LineError: "margin" must be a finite number >= 0')
+    )
+    assert odd[ODD_LINES[3]].margin == 1180591620717411303424.0
+    assert odd[ODD_LINES[5]].margin == 3.0
+    assert odd[ODD_LINES[6]].prompt == "\ud800"  # refused later, as unstorable, with its line
+    assert odd[ODD_LINES[7]] == "LineError: invalid JSON: nested too deeply"
+    assert odd[ODD_LINES[11]] is None and odd[ODD_LINES[12]] is None  # blank lines
+
+
+@pytest.mark.django_db
+def test_a_row_written_between_the_look_ups_and_the_inserts_is_found_on_a_second_try(monkeypatch):
+    project = ProjectFactory()
+    lines = [{"prompt": f"Q{i}?", "chosen": "Yes.", "rejected": "No.", "annotator": "ann"} for i in range(20)]
+    services.preferences_import(project=project, records=records_of(lines[:10]))
+    before = counts(project)
+    real = services._existing_comparisons
+    calls = []
+
+    def stale_once(prompt_ids):
+        # The first look-up misses the comparisons, as if another transaction had just written them.
+        calls.append(len(prompt_ids))
+        return {} if len(calls) == 1 else real(prompt_ids)
+
+    monkeypatch.setattr(services, "_existing_comparisons", stale_once)
+    summary = services.preferences_import(project=project, records=records_of(lines))
+    assert len(calls) == 2
+    assert (summary.prompts_created, summary.comparisons_created, summary.preferences_created) == (10, 10, 10)
+    assert summary.preferences_existing == 10
+    assert counts(project) == (before[0] + 10, before[1] + 20, before[2] + 10, before[3] + 10)
+    assert set(Comparison.objects.filter(project=project).values_list("label_count", flat=True)) == {1}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_second_import_of_the_same_file_waits_for_the_first_and_adds_nothing():
+    project = ProjectFactory()
+    lines = [{"prompt": f"Q{i}?", "chosen": "Yes.", "rejected": "No."} for i in range(50)]
+    first_written, release, second_done = threading.Event(), threading.Event(), threading.Event()
+    results, failures = {}, []
+
+    def first():
+        try:
+            with transaction.atomic():
+                results["first"] = services.preferences_import(project=project, records=records_of(lines))
+                first_written.set()
+                release.wait(10)
+        except Exception as exc:  # noqa: BLE001 - reported by the test below
+            failures.append(exc)
+        finally:
+            first_written.set()
+            connection.close()
+
+    def second():
+        try:
+            first_written.wait(10)
+            results["second"] = services.preferences_import(project=project, records=records_of(lines))
+        except Exception as exc:  # noqa: BLE001 - reported by the test below
+            failures.append(exc)
+        finally:
+            second_done.set()
+            connection.close()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    first_written.wait(10)
+    assert not second_done.wait(1.0), "the second import did not wait for the first one's transaction"
+    release.set()
+    for thread in threads:
+        thread.join(30)
+    assert not failures, failures
+    assert results["first"].preferences_created == 50
+    assert (results["second"].prompts_created, results["second"].preferences_created) == (0, 0)
+    assert results["second"].preferences_existing == 50
+    assert counts(project) == (50, 100, 50, 50)
