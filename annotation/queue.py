@@ -15,11 +15,16 @@ Gold comparisons are exempt from the overlap: they exist to measure every annota
 annotator is given each gold comparison once. Nothing sent to the page says which ones are gold.
 
 Concurrency (PostgreSQL): the walk locks the row it picks with FOR UPDATE SKIP LOCKED, so two
-requests never wait on or pick the same row at the same moment. The walk's subqueries read the
+requests never pick the same row at the same moment. The walk's subqueries read the
 snapshot taken when its statement started, though, and a lease committed by someone else just
 before we locked the row may be missing from it; so the locked row is checked again by a second
 statement, whose snapshot sees every lease committed before we held the lock. Every write of a
 lease or a label locks the comparison row first, which is what makes that second check final.
+Skipping locked rows must not tell anyone the queue is empty while the only rows left are locked
+for a moment by others (a submit in flight, say): when the skipping walk finds nothing, the walk
+takes the first candidate whether locked or not and waits for that one row's lock, as long as this
+transaction holds no other comparison lock (so waiting requests cannot deadlock); a row that
+filled up meanwhile fails its recheck.
 On SQLite, SELECT ... FOR UPDATE does not exist; there each write transaction takes the database's
 write lock first, so the checks and the insert run as if alone.
 """
@@ -117,19 +122,28 @@ def _params(*, project: Project, annotator, now: datetime, gold: bool) -> dict:
     }
 
 
-def _pick(*, project: Project, annotator, now: datetime, gold: bool, rejected: list[int]) -> int | None:
+def _pick(
+    *, project: Project, annotator, now: datetime, gold: bool, rejected: list[int], wait: bool = False
+) -> int | None:
     """Locks and returns the first comparison in serving order that the annotator may be given,
-    passing over rows other requests hold locked."""
+    passing over rows other requests hold locked; with `wait`, the first such row whether locked
+    or not, waiting for its lock (PostgreSQL)."""
     params = _params(project=project, annotator=annotator, now=now, gold=gold)
     only = ""
     if rejected:
         only = "AND c.id NOT IN (" + ", ".join(str(int(pk)) for pk in rejected) + ")"
     sql = _candidate_sql(gold=gold, only=only) + _ORDER
-    if connection.vendor == "postgresql":
+    if connection.vendor == "postgresql" and not wait:
         sql += " FOR UPDATE OF c SKIP LOCKED"
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
+        if row and wait:
+            # Waits for that one row only. A locking walk would keep the lock of every row it
+            # waited for and then found full, and wait for the next while holding it: a deadlock
+            # with another request doing the same.
+            cursor.execute("SELECT id FROM annotation_comparison WHERE id = %s FOR UPDATE", [row[0]])
+            row = cursor.fetchone()
     return row[0] if row else None
 
 
@@ -196,18 +210,26 @@ def _lock_comparison(*, project: Project, comparison_id: int) -> Comparison | No
     return Comparison.objects.select_for_update().filter(pk=comparison_id, project=project).first()
 
 
-def _lease_one(*, project: Project, annotator, now: datetime, gold: bool) -> int | None:
+def _lease_one(*, project: Project, annotator, now: datetime, gold: bool, held: list[int]) -> int | None:
     """Locks and returns the id of the first comparison of the kind that this annotator may be
-    given, or None when there is none."""
+    given, or None when there is none. `held` collects the rows this transaction locked and
+    passed over (it keeps their locks until it ends)."""
     rejected: list[int] = []
+    waited = False
     for _ in range(MAX_LEASE_ATTEMPTS):
         picked = _pick(project=project, annotator=annotator, now=now, gold=gold, rejected=rejected)
+        if picked is None and not waited and not held and connection.vendor == "postgresql":
+            # Nothing unlocked is left; rows locked by others may still have room once they
+            # commit. Waiting is safe only while we hold no comparison lock ourselves.
+            waited = True
+            picked = _pick(project=project, annotator=annotator, now=now, gold=gold, rejected=rejected, wait=True)
         if picked is None:
             return None
         # The second look, with a snapshot taken after the lock was granted (see the module text).
         if _still_open(project=project, annotator=annotator, now=now, gold=gold, comparison_id=picked):
             return picked
         rejected.append(picked)
+        held.append(picked)
     return None
 
 
@@ -236,8 +258,9 @@ def assignment_next(
 
     gold_first = project.gold_rate > 0 and rng.random() < project.gold_rate
     kinds = (True, False) if gold_first else ((False, True) if project.gold_rate > 0 else (False,))
+    passed_over: list[int] = []
     for gold in kinds:
-        comparison_id = _lease_one(project=project, annotator=annotator, now=now, gold=gold)
+        comparison_id = _lease_one(project=project, annotator=annotator, now=now, gold=gold, held=passed_over)
         if comparison_id is not None:
             break
     else:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.db import connection, connections
+from django.db import connection, connections, transaction
 
 from annotation import queue
 from annotation.models import Comparison, Preference
@@ -109,3 +109,44 @@ def test_a_double_submit_racing_itself_makes_one_label():
     assert sorted(created) == [False] * 7 + [True]
     comparison.refresh_from_db()
     assert comparison.label_count == 1 and Preference.objects.count() == 1
+
+
+def test_a_comparison_locked_for_a_moment_by_another_request_is_waited_for_not_reported_as_empty():
+    # The last comparison with room is locked by another transaction (a submit in flight, say).
+    # Skipping it would tell the annotator the queue is empty; the queue waits for the lock
+    # instead and leases it once the other transaction has committed.
+    project = ProjectFactory(overlap=2, gold_rate=0)
+    comparison = make_comparison(project=project)
+    (user,) = annotators(project, 1)
+    locked = threading.Event()
+    release = threading.Event()
+
+    def hold_the_row() -> None:
+        try:
+            with transaction.atomic():
+                Comparison.objects.select_for_update().get(pk=comparison.pk)
+                locked.set()
+                release.wait(timeout=30)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=hold_the_row)
+    holder.start()
+    assert locked.wait(timeout=30)
+    result: list = []
+
+    def ask() -> None:
+        try:
+            result.append(queue.assignment_next(project=project, annotator=user))
+        finally:
+            connections.close_all()
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    asker.join(timeout=0.5)
+    assert asker.is_alive(), "the request did not wait for the locked comparison"
+    release.set()
+    holder.join(timeout=30)
+    asker.join(timeout=30)
+    assert not asker.is_alive()
+    assert result[0] is not None and result[0].comparison_id == comparison.pk
