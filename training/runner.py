@@ -100,6 +100,13 @@ def supervise(*, run_id: int, argv: list[str], folder: Path, timeout_s: float | 
         finally:
             if proc.poll() is None:
                 _kill(proc)
+    if proc.returncode == 0 and progress.poll().get("total"):
+        # The process can finish between two polls: its last progress line (step = total) would
+        # otherwise never reach the run.
+        latest = progress.latest
+        services.training_run_report_progress(
+            run_id=run_id, step=int(latest.get("step") or 0), total_steps=latest.get("total"), eta_seconds=0.0
+        )
     if proc.returncode != 0:
         raise RuntimeError(f"training exited with status {proc.returncode}:\n{log_tail(log_path)}")
     try:

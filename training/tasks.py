@@ -20,6 +20,11 @@ from training.runner import RunCancelled, remove_partial, run_dir, run_label, su
 from training.snapshot import write_reward_snapshot
 
 PROMOTION_RULES = ("not_worse", "always", "never")
+# After training, the new model scores the snapshot's comparisons that have a majority (eval side
+# first) into scores.jsonl beside its weights, for the console's disagreements page: at most this
+# many comparisons and this many seconds unless the run's config says otherwise.
+SCORE_SECONDS = 300
+SCORE_MAX_COMPARISONS = 20_000
 
 
 @shared_task(acks_late=True)
@@ -43,11 +48,14 @@ def training_run_execute(run_id: int) -> str:
 
 
 def reward_run(run: TrainingRun) -> None:
-    """Snapshot -> train -> evaluate the active model on the same eval pairs -> register -> promote."""
+    """Snapshot -> train and score the comparisons -> evaluate the active model on the same eval
+    pairs -> register -> promote."""
     config = run.config or {}
     rule = config.get("promotion", "not_worse")
     if rule not in PROMOTION_RULES:
         raise services.TrainingError(f"config.promotion must be one of {', '.join(PROMOTION_RULES)}")
+    score_seconds = _positive(config, "score_seconds", SCORE_SECONDS)
+    score_max = int(_positive(config, "score_max_comparisons", SCORE_MAX_COMPARISONS))
     project = run.project
     folder = run_dir(run)
 
@@ -60,6 +68,7 @@ def reward_run(run: TrainingRun) -> None:
         eval_percent=config.get("eval_percent", 20),
         new_since=active.run.data_watermark if warm else None,
         replay_percent=config.get("replay_percent", 20),
+        max_scored=score_max,
     )
     TrainingRun.objects.filter(pk=run.pk).update(
         data_snapshot=str(folder / "data"), data_hash=snapshot.sha256, data_watermark=snapshot.watermark
@@ -70,7 +79,8 @@ def reward_run(run: TrainingRun) -> None:
             f"{snapshot.eval_pairs} eval pairs (each side needs at least one)"
         )
 
-    # 2. Train, from the project's base or (warm start) from the active reward model.
+    # 2. Train, from the project's base or (warm start) from the active reward model, then score
+    # the comparisons into the model's folder.
     base_name = config.get("base") or project.reward_model_base
     start_from = active.artifact_path if warm else resolve_base(base_name)
     out = Path(settings.ARTIFACT_ROOT) / "models" / str(project.pk) / "reward" / f"run-{run_label(run)}"
@@ -87,6 +97,8 @@ def reward_run(run: TrainingRun) -> None:
         "--config-json",
         json.dumps(config.get("trainer", {})),
     ]
+    if snapshot.comparisons:
+        argv += ["--score-data", str(snapshot.comparisons_path), "--score-seconds", str(score_seconds)]
     if active:
         argv += ["--parent", str(active.pk)]
     try:
@@ -123,6 +135,13 @@ def reward_run(run: TrainingRun) -> None:
         "promotion": {"promoted": promote, "reason": reason, "version": version.version, "active": active_metrics},
     }
     services.training_run_finish(run_id=run.pk, status=RunStatus.SUCCEEDED, metrics=summary)
+
+
+def _positive(config: dict, key: str, default: float) -> float:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise services.TrainingError(f"config.{key} must be a positive number")
+    return float(value)
 
 
 def decide_promotion(

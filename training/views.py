@@ -99,14 +99,14 @@ def index(request: HttpRequest) -> HttpResponse:
 @console_view
 @require_GET
 def dashboard(request: HttpRequest, project: Project) -> HttpResponse:
-    data = selectors.dashboard_cached(project=project, refresh=request.GET.get("fresh") == "1")
+    data = selectors.dashboard(project=project)
     days = data["days"]
     chart = line_chart(
         {name: [(i, row[name]) for i, row in enumerate(days)] for name in ("preferences", "comparisons", "prompts")},
         title="Created per day, last 30 days",
         x_label=f"{days[0]['day']:%b %d} – {days[-1]['day']:%b %d}",
     )
-    context = {"project": project, "tab": "dashboard", "chart": chart, "max_age": selectors.DASHBOARD_MAX_AGE_SECONDS}
+    context = {"project": project, "tab": "dashboard", "chart": chart}
     return render(request, "console/dashboard.html", {**context, **data})
 
 
@@ -161,12 +161,32 @@ def run_panel(request: HttpRequest, run: TrainingRun) -> str:
 @console_view
 @require_GET
 def policies(request: HttpRequest, project: Project) -> HttpResponse:
-    rows = selectors.policy_versions(project=project)
-    points = [(r["version"].version, r["win_rate"]) for r in reversed(rows) if r["win_rate"] is not None]
-    chart = line_chart({"win rate": points}, title="Win rate against the previous version", x_label="version")
-    return render(
-        request, "console/policies.html", {"project": project, "tab": "policies", "rows": rows, "chart": chart}
-    )
+    rows = list(reversed(selectors.policy_versions(project=project)))  # oldest first, as the charts read
+    scored = [r for r in rows if r["reward"] is not None]
+    judged = [r for r in rows if r["win_rate"] is not None]
+    charts = [
+        line_chart(
+            {"mean score": [(r["version"].version, r["reward"]) for r in scored]},
+            title="Mean reward-model score, 95% interval",
+            x_label="version",
+            intervals={
+                "mean score": [(r["version"].version, *r["reward_interval"]) for r in scored if r["reward_interval"]]
+            },
+        ),
+        line_chart(
+            {"KL": [(r["version"].version, r["kl"]) for r in rows if r["kl"] is not None]},
+            title="KL to the reference model",
+            x_label="version",
+        ),
+        line_chart(
+            {"win rate": [(r["version"].version, r["win_rate"]) for r in judged]},
+            title="Human win rate against the previous version, 95% Wilson interval",
+            x_label="version",
+            intervals={"win rate": [(r["version"].version, *r["interval"]) for r in judged]},
+        ),
+    ]
+    context = {"project": project, "tab": "policies", "rows": rows[::-1], "charts": charts}
+    return render(request, "console/policies.html", context)
 
 
 @console_view
@@ -321,14 +341,23 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
-def line_chart(series: dict[str, list[tuple[float, float]]], *, title: str, x_label: str = "") -> SafeString:
+def line_chart(
+    series: dict[str, list[tuple[float, float]]],
+    *,
+    title: str,
+    x_label: str = "",
+    intervals: dict[str, list[tuple[float, float, float]]] | None = None,
+) -> SafeString:
     """An SVG line chart of one or more series of (x, y) points, with its min/max on the axes and
-    a legend. Names and labels are escaped; numbers are formatted here."""
+    a legend; `intervals` adds error bars (x, low, high) to a series. Names and labels are escaped;
+    numbers are formatted here."""
     series = {name: points for name, points in series.items() if points}
     if not series:
         return format_html('<p class="muted chart-empty">{}: no data yet.</p>', title)
+    intervals = {name: bars for name, bars in (intervals or {}).items() if name in series and bars}
     xs = [x for points in series.values() for x, _ in points]
     ys = [y for points in series.values() for _, y in points]
+    ys += [bound for bars in intervals.values() for _, low, high in bars for bound in (low, high)]
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
     if x1 == x0:
         x1 = x0 + 1
@@ -343,8 +372,26 @@ def line_chart(series: dict[str, list[tuple[float, float]]], *, title: str, x_la
         return PAD_T + (1 - (y - y0) / (y1 - y0)) * plot_h
 
     lines = []
-    for i, points in enumerate(series.values()):
+    for i, (name, points) in enumerate(series.items()):
         cls = SERIES_CLASSES[i % len(SERIES_CLASSES)]
+        for x, low, high in intervals.get(name, []):
+            # A vertical bar with short caps at both ends.
+            cx, top, bottom = sx(x), sy(high), sy(low)
+            lines.append(
+                format_html(
+                    '<path class="interval {}" d="M{},{}V{}M{},{}H{}M{},{}H{}"></path>',
+                    cls,
+                    f"{cx:.1f}",
+                    f"{top:.1f}",
+                    f"{bottom:.1f}",
+                    f"{cx - 3:.1f}",
+                    f"{top:.1f}",
+                    f"{cx + 3:.1f}",
+                    f"{cx - 3:.1f}",
+                    f"{bottom:.1f}",
+                    f"{cx + 3:.1f}",
+                )
+            )
         coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
         if len(points) == 1:
             x, y = points[0]

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-from django.core.cache import cache
 
 from annotation.models import Comparison, Preference, Role
 from annotation.services import comparisons_recount
@@ -23,14 +22,6 @@ def label(comparison: Comparison, annotator, choice: str, shown_left: str = "") 
         shown_left=shown_left,
         time_spent_ms=4000,
     )
-
-
-@pytest.fixture(autouse=True)
-def _fresh_dashboard_cache():
-    # The dashboard's figures are cached per project id, and ids repeat across tests.
-    cache.clear()
-    yield
-    cache.clear()
 
 
 @pytest.fixture

@@ -4,12 +4,13 @@ staying the same whatever the amount of data."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from annotation.models import Comparison, Prompt, Response, Role
+from annotation.models import Comparison, Preference, Prompt, Response, Role
 from annotation.services import comparisons_recount
 from tests.console.conftest import label
 from tests.factories import MembershipFactory, UserFactory, make_comparison
@@ -118,6 +119,40 @@ def test_policy_win_rate_against_the_previous_version_has_a_wilson_interval(proj
     assert rows[1]["win_rate"] is None
 
 
+def test_policy_scores_come_from_the_eval_set_when_a_version_has_one_and_from_its_run_otherwise(
+    client, project, project_admin
+):
+    run = TrainingRun.objects.create(project=project, kind="ppo", metrics={"ppo/rlhf_reward": 0.4, "ppo/kl": 0.2})
+    old = ModelVersion.objects.create(project=project, kind="policy", version=1, artifact_path="/p1", base="b", run=run)
+    evaluated = ModelVersion.objects.create(
+        project=project,
+        kind="policy",
+        version=2,
+        artifact_path="/p2",
+        base="b",
+        metrics={
+            "eval/reward/mean": 1.25,
+            "eval/reward/ci_low": 1.0,
+            "eval/reward/ci_high": 1.5,
+            "eval/kl": 0.03,
+            "eval/prompts": 64,
+            "ppo/kl": 9.0,
+        },
+    )
+    rows = {r["version"]: r for r in selectors.policy_versions(project=project)}
+    assert rows[evaluated]["reward"] == 1.25 and rows[evaluated]["reward_interval"] == (1.0, 1.5)
+    assert rows[evaluated]["kl"] == 0.03 and rows[evaluated]["eval_prompts"] == 64
+    assert rows[evaluated]["reward_source"] == "eval set"
+    assert rows[old]["reward"] == 0.4 and rows[old]["kl"] == 0.2 and rows[old]["reward_interval"] is None
+    assert rows[old]["reward_source"] == "PPO run"
+
+    client.force_login(project_admin)
+    page = client.get(reverse("console-policies", kwargs={"slug": project.slug})).content.decode()
+    assert "1 – 1.5" in page and "eval set (64 prompts)" in page
+    # The interval is drawn as an error bar on the score chart.
+    assert page.count('class="interval') == 1
+
+
 def test_disagreements_come_from_the_models_scores_file_and_are_explained_without_it(project, tmp_path):
     folder = tmp_path / "rm"
     folder.mkdir()
@@ -182,27 +217,59 @@ def test_each_page_costs_the_same_bounded_number_of_queries_on_small_and_larger_
     client.force_login(project_admin)
     url = reverse(name, kwargs={"slug": project.slug})
     # Session, user, project, membership, then the page's own reads.
-    bound = {"console-dashboard": 20, "console-training": 16}.get(name, 10)
-    # fresh=1: the dashboard computes its figures instead of reading them from the cache.
+    bound = {"console-dashboard": 16, "console-training": 16}.get(name, 10)
     with django_assert_max_num_queries(bound):
-        assert client.get(url + "?fresh=1").status_code == 200
+        assert client.get(url).status_code == 200
     _grow(project, n_comparisons=12, n_annotators=4)
     with django_assert_max_num_queries(bound):
-        assert client.get(url + "?fresh=1").status_code == 200
+        assert client.get(url).status_code == 200
 
 
-def test_the_dashboard_serves_its_figures_from_the_cache_until_asked_to_recompute(
+def test_the_dashboard_counts_a_new_label_at_once_from_the_counters(
     client, project, project_admin, small_fixture, django_assert_max_num_queries
 ):
     client.force_login(project_admin)
     url = reverse("console-dashboard", kwargs={"slug": project.slug})
     assert client.get(url).context["agreement"]["units"] == 3
-    label(make_comparison(project=project), small_fixture["users"][0], "a")
-    # Session, user, project, membership and the top bar's console link: the figures come from the cache.
-    with django_assert_max_num_queries(5):
+    u1, u2, _ = small_fixture["users"]
+    fresh = make_comparison(project=project)
+    label(fresh, u1, "a", "a")
+    label(fresh, u2, "a", "b")
+    with django_assert_max_num_queries(20):
         response = client.get(url)
-    assert response.context["bias"]["total"] == 8
-    assert client.get(url + "?fresh=1").context["bias"]["total"] == 9
+    assert response.context["bias"]["total"] == 10
+    assert response.context["agreement"]["units"] == 4
+    stats = {s.username: s for s in response.context["annotators"]}
+    assert stats["u1"].agreement_pairs == 5 and stats["u1"].agreement == pytest.approx(3 / 5)
+
+
+@pytest.mark.parametrize("hour, minute", [(3, 10), (3, 50), (20, 10), (20, 50)])
+def test_labels_of_the_last_24_hours_and_7_days_are_counted_exactly_at_any_time_of_day(
+    project, monkeypatch, hour, minute
+):
+    """The rolling windows come from day counters, corrected by hour counters for the partial day
+    and by label rows for the partial hour, each added or subtracted depending on the time of day:
+    these four times take each of the four ways."""
+    now = timezone.now().replace(hour=hour, minute=minute, second=0, microsecond=0)
+    user = UserFactory(username="clock")
+    ages = [
+        timedelta(hours=1),
+        timedelta(hours=23),
+        timedelta(hours=23, minutes=59),  # inside both windows
+        timedelta(hours=24, minutes=1),  # outside the last 24 hours
+        timedelta(hours=25),
+        timedelta(days=5),
+        timedelta(days=6, hours=23, minutes=59),  # inside the last 7 days
+        timedelta(days=7, minutes=1),  # outside
+        timedelta(days=7, hours=1),
+        timedelta(days=20),
+    ]
+    for age in ages:
+        preference = label(make_comparison(project=project), user, "a")
+        Preference.objects.filter(pk=preference.pk).update(created_at=now - age)
+    monkeypatch.setattr(timezone, "now", lambda: now)
+    stats = {s.username: s for s in selectors.annotator_stats(project=project)}["clock"]
+    assert (stats.last_day, stats.last_week, stats.total) == (3, 7, 10)
 
 
 def test_charts_are_svg_with_escaped_names_for_one_point_or_many():

@@ -65,3 +65,35 @@ def test_a_warm_start_trains_on_new_labels_and_a_replay_sample(project, labelled
     some = write_reward_snapshot(project=project, folder=tmp_path / "w30", new_since=watermark, replay_percent=30)
     assert 1 < some.train_pairs < full.train_pairs
     assert none_old.eval_pairs == some.eval_pairs == full.eval_pairs, "the eval side is always whole"
+
+
+def test_the_comparisons_to_score_are_those_with_a_majority_eval_side_first(project, tmp_path):
+    users = [UserFactory() for _ in range(3)]
+    majority = [make_comparison(project=project) for _ in range(12)]
+    split = make_comparison(project=project)
+    for comparison in majority:
+        make_preference(comparison=comparison, annotator=users[0], choice="a")
+        make_preference(comparison=comparison, annotator=users[1], choice="a")
+        make_preference(comparison=comparison, annotator=users[2], choice="b")
+    # One A and one B: no majority, nothing to compare a model with.
+    make_preference(comparison=split, annotator=users[0], choice="a")
+    make_preference(comparison=split, annotator=users[1], choice="b")
+    # Only a tie: no A/B label at all.
+    tied = make_comparison(project=project)
+    make_preference(comparison=tied, annotator=users[0], choice="tie", strength=None)
+
+    snap = write_reward_snapshot(project=project, folder=tmp_path, eval_percent=50)
+    rows = read(snap.comparisons_path)
+    assert snap.comparisons == len(rows) == 12
+    assert {r["comparison_id"] for r in rows} == {c.pk for c in majority}
+    sides = [r["split"] for r in rows]
+    assert sides == sorted(sides), "the eval side comes first"
+    assert sides[0] == "eval" and sides[-1] == "train"
+    first = next(c for c in majority if c.pk == rows[0]["comparison_id"])
+    assert (rows[0]["prompt"], rows[0]["response_a"], rows[0]["response_b"]) == (
+        first.prompt.text,
+        first.response_a.text,
+        first.response_b.text,
+    )
+    capped = write_reward_snapshot(project=project, folder=tmp_path / "capped", eval_percent=50, max_scored=5)
+    assert [r["comparison_id"] for r in read(capped.comparisons_path)] == [r["comparison_id"] for r in rows[:5]]

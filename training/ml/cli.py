@@ -125,10 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config-json", default="{}", help="RewardConfig overrides as a JSON object, or @file.json")
     p.add_argument("--progress-file", default=None, help="append JSON progress lines here")
     p.add_argument("--parent", default=None, help="id of the parent model version, stored in metadata")
+    p.add_argument("--score-data", default=None,
+                   help="comparisons JSONL to score with the trained model into OUT/scores.jsonl (see `score`)")
+    p.add_argument("--score-seconds", type=float, default=None, help="stop scoring after this many seconds")
     e = sub.add_parser("evaluate", help="held-out metrics of a saved reward model on an eval file")
     e.add_argument("--model", required=True, help="directory of a reward model saved by `reward`")
     e.add_argument("--eval", required=True, help="evaluation JSONL")
     e.add_argument("--progress-file", default=None, help="accepted for a uniform interface; unused")
+    s = sub.add_parser("score", help="score both responses of each comparison with a saved reward model")
+    s.add_argument("--model", required=True, help="directory of a reward model saved by `reward`")
+    s.add_argument("--data", required=True,
+                   help='JSONL of {"comparison_id", "prompt", "response_a", "response_b"}')
+    s.add_argument("--out", required=True,
+                   help='output JSONL: {"comparison_id", "score_a", "score_b"} per line, raw rewards')
+    s.add_argument("--max-seconds", type=float, default=None, help="stop after this many seconds (between chunks)")
+    s.add_argument("--progress-file", default=None, help="accepted for a uniform interface; unused")
     from .cli_ppo import add_generate_parser, add_ppo_parser  # here: cli_ppo imports this module
 
     add_ppo_parser(sub)
@@ -158,8 +169,8 @@ def parse_config(args: argparse.Namespace) -> RewardConfig:
 
 
 def check_paths(args: argparse.Namespace) -> None:
-    for flag, value in (("--data", args.data), ("--eval", args.eval)):
-        if not Path(value).is_file():
+    for flag, value in (("--data", args.data), ("--eval", args.eval), ("--score-data", args.score_data)):
+        if value is not None and not Path(value).is_file():
             raise UsageError(f"{flag}: file not found: {value}")
     if not Path(args.base).is_dir():
         raise UsageError(f"--base: model directory not found: {args.base}")
@@ -175,6 +186,8 @@ def run_reward(args: argparse.Namespace) -> int:
     is_main = int(os.environ.get("RANK", "0")) == 0
     cfg = parse_config(args)
     check_paths(args)
+    if args.score_seconds is not None and not args.score_seconds > 0:
+        raise UsageError("--score-seconds must be positive")
     import transformers
 
     # stderr is for our progress bar; tqdm bars of weight loading/saving would interleave with it
@@ -189,6 +202,7 @@ def run_reward(args: argparse.Namespace) -> int:
             cfg, args.data, args.eval, out_dir=args.out, parent=args.parent,
             progress=reporter, log=reporter.log if reporter else None,
             phase=reporter.set_phase if reporter else None,
+            score_path=args.score_data, score_seconds=args.score_seconds,
         )
     except ModelLoadError as exc:
         raise UsageError(str(exc)) from None
@@ -216,10 +230,35 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_score(args: argparse.Namespace) -> int:
+    from .checkpoint import METADATA_FILE, finite
+    from .reward import score_saved
+
+    if not (Path(args.model) / METADATA_FILE).is_file():
+        raise UsageError(f"--model: {args.model} is not a reward model saved by `reward` (no {METADATA_FILE})")
+    if not Path(args.data).is_file():
+        raise UsageError(f"--data: file not found: {args.data}")
+    if args.max_seconds is not None and not args.max_seconds > 0:
+        raise UsageError("--max-seconds must be positive")
+    import transformers
+
+    transformers.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_error()
+    metrics = score_saved(args.model, args.data, args.out, max_seconds=args.max_seconds)
+    print(json.dumps(finite(metrics), sort_keys=True), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from .cli_ppo import run_generate, run_ppo
 
-    commands = {"reward": run_reward, "evaluate": run_evaluate, "ppo": run_ppo, "generate": run_generate}
+    commands = {
+        "reward": run_reward,
+        "evaluate": run_evaluate,
+        "score": run_score,
+        "ppo": run_ppo,
+        "generate": run_generate,
+    }
     args = build_parser().parse_args(argv)
     try:
         return commands[args.command](args)

@@ -6,9 +6,12 @@ loop itself, top to bottom, usable on an already loaded model.
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ import torch.nn.functional as F
 
 from .config import RewardConfig
 from .data import (
+    DataError,
     PairDataset,
     PairEncoder,
     RatingDataset,
@@ -24,8 +28,11 @@ from .data import (
     build_pair_dataset,
     build_rating_dataset,
     file_sha256,
+    flatten_prompt,
     load_pair_records,
     load_rating_records,
+    pad_rows,
+    read_jsonl,
     shard_batches,
 )
 from .distributed import (
@@ -45,6 +52,8 @@ LogFn = Callable[[int, dict[str, float]], None]  # (step, metrics)
 PhaseFn = Callable[[str], None]  # "load" | "train" | "eval" | "save" | "done"
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# The new model's scores of the snapshot's comparisons, next to its weights (see score_comparisons).
+SCORES_FILE = "scores.jsonl"
 
 
 class ModelLoadError(RuntimeError):
@@ -321,8 +330,14 @@ def train(
     progress: ProgressFn | None = None,
     log: LogFn | None = None,
     phase: PhaseFn | None = None,
+    score_path: str | Path | None = None,
+    score_seconds: float | None = None,
 ) -> dict[str, float]:
-    """Load data and base model, fit, evaluate, and (rank 0) save to out_dir. Returns the metrics."""
+    """Load data and base model, fit, evaluate, and (rank 0) save to out_dir. Returns the metrics.
+
+    With `score_path` (comparisons, see `load_comparison_records`), rank 0 then scores them with the
+    trained model into out_dir/scores.jsonl, for at most `score_seconds`; a failure there is
+    reported in the log and the metrics ("score/failed") and does not undo the training."""
     from .checkpoint import build_metadata, save_reward_model
 
     rt = setup_runtime(cfg.device)
@@ -334,6 +349,7 @@ def train(
             phase("load")
         train_records, eval_records = load_records(train_path, cfg), load_records(eval_path, cfg)
         data_sha256, eval_sha256 = file_sha256(train_path), file_sha256(eval_path)
+        to_score = load_comparison_records(score_path) if score_path is not None else None
 
         # 2. base model; identical seed on every rank so the fresh head starts the same everywhere
         torch.manual_seed(cfg.seed)
@@ -365,6 +381,18 @@ def train(
         error = broadcast_object(rt, error)
         if error:
             raise RuntimeError(f"saving to {out_dir} failed: {error}")
+
+        # 6. score the comparisons (rank 0; the others wait at the teardown barrier)
+        if to_score is not None and out_dir is not None and rt.is_main:
+            if phase:
+                phase("score")
+            try:
+                metrics.update(
+                    score_comparisons(model, tokenizer, cfg, to_score, Path(out_dir) / SCORES_FILE, rt, score_seconds)
+                )
+            except (RuntimeError, OSError, ValueError) as exc:
+                print(f"scoring the comparisons failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                metrics["score/failed"] = 1.0
         if phase:
             phase("done")
         teardown_runtime(rt)
@@ -387,3 +415,102 @@ def evaluate_saved(model_dir: str | Path, eval_path: str | Path, device: str = "
     cfg = RewardConfig.from_dict({k: v for k, v in saved.items() if k in RewardConfig.__dataclass_fields__})
     dataset = build_dataset(load_records(eval_path, cfg), loaded.tokenizer, cfg)
     return evaluate(loaded.model, dataset, cfg, rt)
+
+
+# ---------------------------------------------------------------------------- scoring comparisons
+
+
+@dataclass
+class ComparisonRecord:
+    comparison_id: int
+    prompt: str
+    response_a: str
+    response_b: str
+
+
+def load_comparison_records(path: str | Path) -> list[ComparisonRecord]:
+    """{"comparison_id": int, "prompt": str | chat turns, "response_a": str, "response_b": str}
+    per line (other fields, such as "split", are ignored)."""
+    records = []
+    for lineno, obj in read_jsonl(path):
+        where = f"{path}:{lineno}"
+        cid = obj.get("comparison_id")
+        if not isinstance(cid, int) or isinstance(cid, bool):
+            raise DataError(f"{where}: 'comparison_id' must be an integer")
+        texts = [obj.get(k) for k in ("response_a", "response_b")]
+        if not all(isinstance(t, str) for t in texts):
+            raise DataError(f"{where}: 'response_a' and 'response_b' must be strings")
+        records.append(ComparisonRecord(cid, flatten_prompt(obj.get("prompt"), where), *texts))
+    return records
+
+
+@torch.no_grad()
+def score_comparisons(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    cfg: RewardConfig,
+    records: list[ComparisonRecord],
+    out_path: str | Path,
+    rt: Runtime | None = None,
+    max_seconds: float | None = None,
+    chunk: int = 256,
+) -> dict[str, float]:
+    """Scores both responses of each comparison with the model, tokenised as in training, and writes
+    scores.jsonl: one {"comparison_id", "score_a", "score_b"} line per comparison, raw rewards
+    (the model's probability that A is preferred is sigmoid(score_a - score_b)).
+
+    Comparisons are scored in the order given (a reward run puts its eval side first) in chunks of
+    `chunk`, length-bucketed within a chunk; after `max_seconds` it stops at the end of a chunk, so
+    a big project costs a bounded time and keeps what was scored. The file is written under a
+    temporary name and renamed when complete, so a reader never sees half of it."""
+    rt = rt or Runtime(device=next(model.parameters()).device)
+    was_training = model.training
+    model.eval()
+    started = time.time()
+    encoder = PairEncoder(tokenizer, cfg.max_length, cfg.min_prompt_tokens)
+    out_path = Path(out_path)
+    partial = out_path.with_name(out_path.name + ".partial")
+    scored = 0
+    with partial.open("w", encoding="utf-8") as out:
+        for start in range(0, len(records), chunk):
+            if max_seconds is not None and time.time() - started > max_seconds:
+                break
+            part = records[start : start + chunk]
+            prompts = [r.prompt for r in part]
+            rows = encoder.encode(prompts, [r.response_a for r in part]) + encoder.encode(
+                prompts, [r.response_b for r in part]
+            )  # a rows, then b rows
+            lengths = [max(len(rows[i][0]), len(rows[i + len(part)][0])) for i in range(len(part))]
+            scores = [0.0] * len(rows)
+            for indices in bucketed_batches(lengths, cfg.eval_batch_size, 0, 0, 1, shuffle=False):
+                taken = list(indices) + [i + len(part) for i in indices]
+                batch = pad_rows([rows[i] for i in taken], encoder.pad_id, encoder.use_token_types)
+                for i, value in zip(taken, compute_rewards(model, batch, rt, cfg.bf16).cpu().tolist(), strict=True):
+                    scores[i] = value
+            for i, record in enumerate(part):
+                line = {"comparison_id": record.comparison_id, "score_a": scores[i], "score_b": scores[i + len(part)]}
+                out.write(json.dumps(line) + "\n")
+            scored += len(part)
+    partial.replace(out_path)
+    model.train(was_training)
+    return {
+        "score/comparisons": float(scored),
+        "score/available": float(len(records)),
+        "score/seconds": time.time() - started,
+    }
+
+
+def score_saved(
+    model_dir: str | Path, data_path: str | Path, out_path: str | Path, max_seconds: float | None = None,
+    device: str = "auto",
+) -> dict[str, float]:
+    """`score_comparisons` with a saved reward model and the config it was trained with."""
+    from .checkpoint import load_reward_model
+
+    records = load_comparison_records(data_path)
+    rt = setup_runtime(device)
+    loaded = load_reward_model(model_dir, device=rt.device)
+    saved = dict(loaded.metadata.get("config", {}))
+    saved["base_model"] = str(model_dir)
+    cfg = RewardConfig.from_dict({k: v for k, v in saved.items() if k in RewardConfig.__dataclass_fields__})
+    return score_comparisons(loaded.model, loaded.tokenizer, cfg, records, out_path, rt, max_seconds)
