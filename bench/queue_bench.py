@@ -1,6 +1,7 @@
 """Queue benchmark: 20 annotators labelling at once against 100,000 comparisons in PostgreSQL.
 
     .venv/bin/python bench/queue_bench.py [--clients 20] [--seconds 30] [--think-ms 0] [--keep] [--explain]
+    .venv/bin/python bench/queue_bench.py --seconds 60 --think-ms 1000     # the issue-3 figures
 
 What it measures: the latency of the labelling page's two JSON endpoints, end to end over HTTP on
 loopback, as the page uses them: POST /p/<slug>/next (lease the next comparison and render it as an
@@ -9,15 +10,17 @@ the maximum of each in milliseconds, the request rate, and any error. Targets (i
 p99 <= 20 ms, submit p99 <= 30 ms.
 
 The server is gunicorn on 127.0.0.1 with production settings (DEBUG off, persistent database
-connections): by default 2 gthread workers of 4 threads, which keep connections alive (the sync
-workers of docker-compose.yml close each one: --worker-class sync --workers 3). The clients are
-one asyncio loop with one keep-alive HTTP/1.1 connection per annotator, each logged in with its
-own session, so the load generator costs little CPU next to the server. Every client is bounded in
-time (--seconds) and in requests (--max-requests). --think-ms adds a pause between a label and the
-next request, as a person reading would; 0 (the default) runs the clients flat out, which on a
-small machine measures the queueing of 20 clients on its cores as much as the queue itself. It
-also prints the CPU time the server spent per request (gunicorn workers and PostgreSQL backends,
-from /proc), which does not depend on what else the machine is doing.
+connections) and docker-compose.yml's worker setup: 3 gthread workers of 4 threads, which keep
+connections alive. The clients are one asyncio loop with one keep-alive HTTP/1.1 connection per
+annotator, each logged in with its own session, so the load generator costs little CPU next to the
+server. Every client is bounded in time (--seconds) and in requests (--max-requests).
+
+--think-ms adds a pause between a label and the next request, as a person reading would (uniform in
+0.5-1.5 times the value; each client starts at a random point of one such pause, so the clients
+are not in lockstep). 0 (the default) runs the clients flat out: then the latency is set by how
+many requests queue for the 2 cores (Little's law: 20 clients / the server's request rate), not by
+the queue. It also prints the CPU time the server spent per request (gunicorn workers and
+PostgreSQL backends, from /proc), which does not depend on what else the machine is doing.
 
 The fixture lives in its own database (BENCH_DATABASE_URL, default rlhf_bench_queue), is
 bulk-loaded with COPY and rebuilt on each run (--keep reuses a loaded one): one project with
@@ -350,6 +353,10 @@ class Client:
 async def annotate(client: Client, deadline: float, max_requests: int, think: float, stats: dict) -> None:
     rng = random.Random(client.username)
     requests = 0
+    if think:
+        # People do not all click at the same instant: each client starts at its own point of a
+        # think interval, or the first requests of all twenty would queue behind one another.
+        await asyncio.sleep(rng.uniform(0, think))
     while time.perf_counter() < deadline and requests < max_requests:
         await client.ready()
         started = time.perf_counter()
@@ -489,7 +496,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--max-requests", type=int, default=5000, help="per client")
     parser.add_argument("--think-ms", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    parser.add_argument("--workers", type=int, default=3, help="gunicorn workers")
     parser.add_argument("--worker-class", default="gthread", choices=["sync", "gthread"])
     parser.add_argument("--threads", type=int, default=4, help="threads per gthread worker")
     parser.add_argument("--keep", action="store_true", help="reuse the loaded bench database")

@@ -118,7 +118,7 @@ TEMPLATES = [
 DATABASES = {
     "default": dj_database_url.parse(
         env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"),
-        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 600),
         # A connection that died while idle (PostgreSQL restarted) is dropped and reopened on the
         # next request instead of failing it.
         conn_health_checks=True,
