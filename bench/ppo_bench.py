@@ -1,12 +1,14 @@
 """PPO benchmark: our trainer (training/ml/ppo.py) against TRL 1.9.0's trl.experimental.ppo.PPOTrainer.
 
 Same policy (SmolLM2-135M-Instruct, the embedded default), same reward model, same prompts, batch
-sizes, response length, PPO epochs, temperature, learning rate and fixed KL coefficient, run one after
-the other on this machine. Reported per side: episodes per second over the training loop (model loading
-excluded), and, measured afterwards by one shared evaluator on held-out prompts, the mean reward gain
-over the starting policy and the KL to it.
+sizes, response length, PPO epochs, temperature, learning rate and its linear decay, Adam epsilon, no
+gradient clipping and a fixed KL coefficient. Runs alternate A B B A (ours, TRL, TRL, ours, ... one
+pair per seed) in one process, so a machine whose load drifts slows both sides alike. Reported per
+run: episodes per second of the training loop (wall clock and CPU time; model loading excluded), and,
+measured afterwards by one shared evaluator (training/ml/ppo_eval.py, the one every policy version
+gets) on held-out prompts, the mean reward gain over the starting policy and the KL to it.
 
-    .venv/bin/python bench/ppo_bench.py [--iterations 4] [--out var/bench/ppo]
+    .venv/bin/python bench/ppo_bench.py [--iterations 8] [--seeds 2] [--eval-prompts 64] [--threads 2]
 
 TRL runs in its own virtual environment, created on first use (used only by this benchmark):
     python3 -m venv var/venv-trl19
@@ -22,7 +24,9 @@ response, end-of-turn token.
 TRL quirks handled (see shared PEERS.md): it needs a pad token distinct from EOS; we use SmolLM2's
 existing <|endoftext|> (id 0) instead of adding one, so no embedding is resized and both sides sample
 from identical models. Its value model is initialised from the reward model, as in TRL's examples;
-ours is a zero-initialised value head on the policy (see training/ml/ppo.py for why).
+ours is a zero-initialised value head on the policy (see training/ml/ppo.py for why): the one
+intended difference, with the reward sitting on the last real token (ours, as in OpenAI's code)
+rather than one past it (TRL).
 """
 
 from __future__ import annotations
@@ -55,6 +59,11 @@ SETTINGS = dict(
     lam=0.95,
     missing_eos_penalty=1.0,
     max_prompt_tokens=96,
+    # the optimizer as TRL runs it: AdamW, epsilon 1e-8 (transformers' default), no weight decay, and no
+    # gradient clipping (TRL's PPO loop calls optimizer.step() without clip_grad_norm_)
+    adam_eps=1e-8,
+    weight_decay=0.0,
+    max_grad_norm=None,
 )
 
 
@@ -133,21 +142,29 @@ def build_reward_model(policy_dir: Path, out: Path, pairs: list[dict]) -> Path:
     return out
 
 
-def make_scorer(rm_dir: Path):
-    """Our side's reward function: the reward model on chat-templated prompt + response + end token."""
+def make_scorer(rm_dir: Path, batch_size: int = 16):
+    """Our side's reward function: the reward model on chat-templated prompt + response + end token,
+    in right-padded batches (the classifier pools at the last token that is not <|endoftext|>)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(rm_dir)
     rm = AutoModelForSequenceClassification.from_pretrained(rm_dir, dtype=torch.float32).eval()
+    pad = rm.config.pad_token_id
 
     @torch.no_grad()
     def score(prompts: list, responses: list[str], finished: list[bool]) -> list[float]:
-        out = []
-        for prompt, response, ended in zip(prompts, responses, finished, strict=True):
-            text = chat_text(tokenizer, prompt, response, ended)
-            ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-            out.append(float(rm(input_ids=ids).logits[0, 0]))
+        rows = [
+            tokenizer(chat_text(tokenizer, p, r, f), add_special_tokens=False)["input_ids"]
+            for p, r, f in zip(prompts, responses, finished, strict=True)
+        ]
+        out: list[float] = []
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            width = max(len(r) for r in chunk)
+            ids = torch.tensor([r + [pad] * (width - len(r)) for r in chunk])
+            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in chunk])
+            out.extend(rm(input_ids=ids, attention_mask=mask).logits[:, 0].tolist())
         return out
 
     return score
@@ -156,43 +173,29 @@ def make_scorer(rm_dir: Path):
 # ---------------------------------------------------------------------------- our side
 
 
-def run_ours(policy_dir: Path, rm_dir: Path, prompts: list[str], iterations: int, out: Path) -> dict:
+def run_ours(policy_dir: Path, rm_dir: Path, prompts: list[str], iterations: int, seed: int, out: Path) -> dict:
     import torch
 
     from training.ml.policy import load_policy
     from training.ml.ppo import train
     from training.ml.ppo_config import PPOConfig
 
-    s = SETTINGS
     cfg = PPOConfig(
         iterations=iterations,
-        rollout_batch_size=s["rollout_batch_size"],
-        mini_batch_size=s["mini_batch_size"],
-        ppo_epochs=s["ppo_epochs"],
-        max_new_tokens=s["max_new_tokens"],
-        temperature=s["temperature"],
-        lr=s["lr"],
-        kl_coef=s["kl_coef"],
+        **SETTINGS,
         target_kl=None,
-        cliprange=s["cliprange"],
-        cliprange_value=s["cliprange_value"],
-        vf_coef=s["vf_coef"],
-        gamma=s["gamma"],
-        lam=s["lam"],
-        missing_eos_penalty=s["missing_eos_penalty"],
-        max_prompt_tokens=s["max_prompt_tokens"],
         normalize_reward=False,
         reward_clip=None,
         forward_batch_size=16,
         device="cpu",
-        seed=0,
+        seed=seed,
     )
     policy, tokenizer = load_policy(str(policy_dir))
     reference, _ = load_policy(str(policy_dir))
     scorer = make_scorer(rm_dir)
     history: list[dict] = []
-    torch.manual_seed(0)
-    t0 = time.time()
+    torch.manual_seed(seed)
+    t0, cpu0 = time.time(), time.process_time()
     train(
         cfg,
         policy,
@@ -203,19 +206,21 @@ def run_ours(policy_dir: Path, rm_dir: Path, prompts: list[str], iterations: int
         log=lambda i, m: (
             history.append(m),
             print(
-                f"  ours iteration {i}: reward {m['reward/mean']:.3f} kl {m['ppo/kl']:.3f} "
+                f"    ours iteration {i}: reward {m['reward/mean']:.3f} kl {m['ppo/kl']:.3f} "
                 f"{m['time/iteration_seconds']:.1f}s",
                 flush=True,
             ),
         ),
     )
-    seconds = time.time() - t0
-    policy.save_pretrained(out / "ours-policy")
-    tokenizer.save_pretrained(out / "ours-policy")
+    seconds, cpu = time.time() - t0, time.process_time() - cpu0
+    policy.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    episodes = iterations * cfg.rollout_batch_size
     return {
         "train_seconds": seconds,
-        "episodes": iterations * cfg.rollout_batch_size,
-        "episodes_per_second": iterations * cfg.rollout_batch_size / seconds,
+        "cpu_seconds": cpu,
+        "episodes": episodes,
+        "config": cfg.to_dict(),  # all of it in effect: AdamW (fused) with these lr, eps, weight decay
         "history": history,
     }
 
@@ -232,6 +237,7 @@ def run_trl_inside(spec_path: Path) -> None:
 
     spec = json.loads(spec_path.read_text())
     s, out = spec["settings"], Path(spec["out"])
+    torch.set_num_threads(spec["threads"])
     tokenizer = AutoTokenizer.from_pretrained(spec["policy"], padding_side="left")
     tokenizer.pad_token = spec.get("pad_token", "<|endoftext|>")  # distinct from EOS, in the vocabulary: no resize
     policy = AutoModelForCausalLM.from_pretrained(spec["policy"], dtype=torch.float32)
@@ -243,14 +249,14 @@ def run_trl_inside(spec_path: Path) -> None:
     train_ds = Dataset.from_dict({"input_ids": spec["prompt_ids"]})
     eval_ds = Dataset.from_dict({"input_ids": spec["prompt_ids"][:4]})
     cfg = PPOConfig(
-        output_dir=str(out / "trl-run"),
+        output_dir=str(out.parent / f"{out.name}-run"),
         use_cpu=True,
         report_to=[],
         save_strategy="no",
         num_sample_generations=0,
         stop_token="eos",
-        # TRL's rollout batch is per_device_train_batch_size * gradient_accumulation_steps, split into
-        # num_mini_batches optimizer steps: 16 * 1 in 2 mini-batches of 8, as on our side
+        # TRL's rollout batch is per_device_train_batch_size * gradient_accumulation_steps (trl 1.9's
+        # ppo_trainer.py: local_batch_size), split into num_mini_batches optimizer steps: 16 in 2 of 8
         per_device_train_batch_size=s["rollout_batch_size"],
         gradient_accumulation_steps=1,
         num_mini_batches=s["rollout_batch_size"] // s["mini_batch_size"],
@@ -259,17 +265,22 @@ def run_trl_inside(spec_path: Path) -> None:
         response_length=s["max_new_tokens"],
         temperature=s["temperature"],
         learning_rate=s["lr"],
+        lr_scheduler_type="linear",  # stepped once per rollout batch over num_total_batches: as ours
+        warmup_steps=0,
+        adam_epsilon=s["adam_eps"],
+        weight_decay=s["weight_decay"],
         kl_coef=s["kl_coef"],
+        kl_estimator="k1",
         cliprange=s["cliprange"],
         cliprange_value=s["cliprange_value"],
         vf_coef=s["vf_coef"],
         gamma=s["gamma"],
         lam=s["lam"],
+        whiten_rewards=False,
         missing_eos_penalty=s["missing_eos_penalty"],
         local_rollout_forward_batch_size=16,
-        seed=0,
+        seed=spec["seed"],
         logging_steps=1,
-        lr_scheduler_type="linear",
         dataloader_num_workers=0,
     )
     trainer = PPOTrainer(
@@ -282,19 +293,29 @@ def run_trl_inside(spec_path: Path) -> None:
         value_model=value,
         eval_dataset=eval_ds,
     )
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
     trainer.train()
-    seconds = time.time() - t0
-    policy.save_pretrained(out / "trl-policy")
-    AutoTokenizer.from_pretrained(spec["policy"]).save_pretrained(out / "trl-policy")
+    seconds, cpu = time.time() - t0, time.process_time() - cpu0
+    policy.save_pretrained(out)
+    AutoTokenizer.from_pretrained(spec["policy"]).save_pretrained(out)
     episodes = spec["iterations"] * s["rollout_batch_size"]
     result = {
         "train_seconds": seconds,
+        "cpu_seconds": cpu,
         "episodes": episodes,
-        "episodes_per_second": episodes / seconds,
+        # what TRL's optimizer actually ran with (transformers builds it from TrainingArguments)
+        "optimizer": {
+            "class": type(getattr(trainer.optimizer, "optimizer", trainer.optimizer)).__name__,
+            **{
+                k: v
+                for k, v in trainer.optimizer.param_groups[0].items()
+                if k in ("eps", "betas", "weight_decay", "fused", "initial_lr")
+            },
+        },
+        "lr_per_update": [h["lr"] for h in trainer.state.log_history if "lr" in h],
         "history": [h for h in trainer.state.log_history if "objective/scores" in h],
     }
-    (out / "trl-result.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out.parent / f"{out.name}-result.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 def ensure_trl_venv() -> Path:
@@ -306,67 +327,83 @@ def ensure_trl_venv() -> Path:
     return python
 
 
+def run_trl(python: Path, policy_dir: Path, rm_dir: Path, prompt_ids, iterations, seed, threads, out: Path) -> dict:
+    spec = {
+        "policy": str(policy_dir),
+        "rm": str(rm_dir),
+        "prompt_ids": prompt_ids,
+        "settings": SETTINGS,
+        "iterations": iterations,
+        "seed": seed,
+        "threads": threads,
+        "out": str(out),
+    }
+    spec_path = out.parent / f"{out.name}-spec.json"
+    spec_path.write_text(json.dumps(spec))
+    env = {**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": str(threads)}
+    subprocess.run([str(python), __file__, "--trl-inside", str(spec_path)], check=True, env=env)
+    return json.loads((out.parent / f"{out.name}-result.json").read_text())
+
+
 # ---------------------------------------------------------------------------- shared evaluation
 
 
-def evaluate(policy_dirs: dict[str, Path], ref_dir: Path, rm_dir: Path, prompts: list[str]) -> dict[str, dict]:
-    """Each policy answers the same held-out prompts (same seed); mean reward and KL to the start policy."""
-    import torch
-
-    from training.ml.generate import encode_prompt, left_pad, sample, stop_token_ids
+def evaluate(path: Path, ref_dir: Path, scorer, prompts: list[str]) -> dict:
+    """The policy at `path` on the held-out prompts: training/ml/ppo_eval's evaluation (the one each policy
+    version gets), sampling as in training (same temperature and length) with one fixed seed."""
     from training.ml.policy import load_policy
-    from training.ml.ppo import forward
-    from training.ml.ppo_core import first_stop_lengths, lengths_to_mask
+    from training.ml.ppo_eval import evaluate_policy
 
-    scorer = make_scorer(rm_dir)
-    reference, tokenizer = load_policy(str(ref_dir))
-    results = {}
-    for name, path in policy_dirs.items():
-        policy, _ = load_policy(str(path))
-        stop_ids = stop_token_ids(tokenizer, policy, [])
-        rewards, kls, lengths_all, finished_all = [], [], [], []
-        generator = torch.Generator().manual_seed(1234)
-        for start in range(0, len(prompts), 16):
-            batch = prompts[start : start + 16]
-            rows = [encode_prompt(tokenizer, p, SETTINGS["max_prompt_tokens"], True) for p in batch]
-            q, qm = left_pad(rows, 0)
-            with torch.no_grad():
-                resp = sample(
-                    policy, q, qm, SETTINGS["max_new_tokens"], SETTINGS["temperature"], stop_ids, 0, generator
-                )
-                lengths, finished = first_stop_lengths(resp, stop_ids)
-                R = int(lengths.max())
-                resp, mask = resp[:, :R], lengths_to_mask(lengths, R)
-                ids, am = torch.cat([q, resp], 1), torch.cat([qm, mask.long()], 1)
-                lp = forward(policy, None, ids, am, resp, SETTINGS["temperature"]).logprobs
-                ref_lp = forward(reference, None, ids, am, resp, SETTINGS["temperature"]).logprobs
-            kls.extend(((lp - ref_lp) * mask).sum(1).tolist())
-            texts = tokenizer.batch_decode(
-                [resp[i, : lengths[i]].tolist() for i in range(len(batch))], skip_special_tokens=True
-            )
-            rewards.extend(scorer(batch, texts, finished.tolist()))
-            lengths_all.extend(lengths.tolist())
-            finished_all.extend(finished.tolist())
-        n = len(rewards)
-        results[name] = {
-            "reward_mean": sum(rewards) / n,
-            # what both trainers maximise (before the KL term): score minus the penalty for not ending
-            "objective_mean": sum(
-                r - SETTINGS["missing_eos_penalty"] * (not f) for r, f in zip(rewards, finished_all, strict=True)
-            )
-            / n,
-            "kl_mean": sum(kls) / n,
-            "length_mean": sum(lengths_all) / n,
-            "finished_share": sum(finished_all) / n,
-        }
-        print(f"  eval {name}: {results[name]}", flush=True)
-    return results
+    policy, tokenizer = load_policy(str(path))
+    reference, _ = load_policy(str(ref_dir))
+    metrics, details = evaluate_policy(
+        policy,
+        tokenizer,
+        reference,
+        scorer,
+        prompts,
+        max_new_tokens=SETTINGS["max_new_tokens"],
+        temperature=SETTINGS["temperature"],
+        max_prompt_tokens=SETTINGS["max_prompt_tokens"],
+        batch_size=16,
+        seed=1234,
+    )
+    penalty = SETTINGS["missing_eos_penalty"]
+    return {
+        "reward_mean": metrics["eval/reward/mean"],
+        "reward_ci": [metrics["eval/reward/ci_low"], metrics["eval/reward/ci_high"]],
+        "kl_mean": metrics["eval/kl"],
+        # what both trainers maximise (before the KL term): the score minus the penalty for not ending
+        "objective_mean": sum(
+            s - penalty * (not f) for s, f in zip(details["scores"], details["finished"], strict=True)
+        )
+        / len(details["scores"]),
+        "length_mean": sum(details["lengths"]) / len(details["lengths"]),
+        "finished_share": sum(details["finished"]) / len(details["finished"]),
+        "scores": details["scores"],
+    }
+
+
+def paired_gain(scores: list[float], start: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the per-prompt score differences against the starting policy."""
+    diffs = [a - b for a, b in zip(scores, start, strict=True)]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = (sum((d - mean) ** 2 for d in diffs) / (n - 1)) ** 0.5 if n > 1 else float("nan")
+    return mean, sd / n**0.5
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    return mean, ((sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--iterations", type=int, default=3, help="PPO updates (rollout batches) per side")
-    parser.add_argument("--eval-prompts", type=int, default=32)
+    parser.add_argument("--iterations", type=int, default=8, help="PPO updates (rollout batches of 16) per run")
+    parser.add_argument("--seeds", type=int, default=2, help="runs per side, seeds 0..N-1, in A B B A order")
+    parser.add_argument("--eval-prompts", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="torch threads, the same on both sides")
     parser.add_argument("--out", default=str(ROOT / "var" / "bench" / "ppo"))
     parser.add_argument("--cache-dir", default=str(ROOT / "var" / "artifacts"))
@@ -379,7 +416,7 @@ def main() -> int:
 
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the TRL subprocess
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -400,42 +437,81 @@ def main() -> int:
     print(f"policy {policy_dir}; {len(train_texts)} training prompts, {len(eval_texts)} eval prompts", flush=True)
     rm_dir = build_reward_model(policy_dir, out / "reward-model", pairs)
     print(f"reward model {rm_dir}: {(rm_dir / 'probe.json').read_text().strip()}", flush=True)
+    scorer = make_scorer(rm_dir)
 
-    report: dict = {"settings": {**SETTINGS, "iterations": args.iterations}, "torch_threads": args.threads}
-    print("ours: training", flush=True)
-    report["ours"] = run_ours(policy_dir, rm_dir, train_texts, args.iterations, out)
-    policies = {"start": policy_dir, "ours": out / "ours-policy"}
-    if not args.skip_trl:
-        python = ensure_trl_venv()
-        spec = {
-            "policy": str(policy_dir),
-            "rm": str(rm_dir),
-            "prompt_ids": train_ids,
-            "settings": SETTINGS,
-            "iterations": args.iterations,
-            "out": str(out),
+    report: dict = {
+        "settings": {**SETTINGS, "iterations": args.iterations, "seeds": args.seeds},
+        "torch_threads": args.threads,
+        "cpu": os.cpu_count(),
+        "runs": [],
+    }
+    print("evaluating the starting policy", flush=True)
+    start = evaluate(policy_dir, policy_dir, scorer, eval_texts)
+    report["start"] = {k: v for k, v in start.items() if k != "scores"}
+    python = None if args.skip_trl else ensure_trl_venv()
+    order = []
+    for seed in range(args.seeds):  # A B | B A | A B ...
+        pair = ["ours", "trl"] if seed % 2 == 0 else ["trl", "ours"]
+        order += [(side, seed) for side in pair if side == "ours" or python is not None]
+    for side, seed in order:
+        run_out = out / f"{side}-seed{seed}"
+        load_before = os.getloadavg()
+        print(f"{side} seed {seed}: training (load {load_before[0]:.2f})", flush=True)
+        if side == "ours":
+            result = run_ours(policy_dir, rm_dir, train_texts, args.iterations, seed, run_out)
+        else:
+            result = run_trl(python, policy_dir, rm_dir, train_ids, args.iterations, seed, args.threads, run_out)
+        result["load_before"], result["load_after"] = load_before, os.getloadavg()
+        evaluation = evaluate(run_out, policy_dir, scorer, eval_texts)
+        gain, gain_se = paired_gain(evaluation.pop("scores"), start["scores"])
+        row = {
+            "side": side,
+            "seed": seed,
+            "episodes_per_second": result["episodes"] / result["train_seconds"],
+            "episodes_per_cpu_second": result["episodes"] / result["cpu_seconds"],
+            "train_seconds": result["train_seconds"],
+            "reward_gain": gain,
+            "reward_gain_se": gain_se,
+            "objective_gain": evaluation["objective_mean"] - start["objective_mean"],
+            "kl_to_start": evaluation["kl_mean"],
+            "eval": evaluation,
+            **{k: v for k, v in result.items() if k not in ("train_seconds",)},
         }
-        (out / "trl-spec.json").write_text(json.dumps(spec))
-        print("TRL 1.9.0: training", flush=True)
-        env = {**os.environ, "PYTHONPATH": ""}
-        subprocess.run([str(python), __file__, "--trl-inside", str(out / "trl-spec.json")], check=True, env=env)
-        report["trl"] = json.loads((out / "trl-result.json").read_text())
-        policies["trl"] = out / "trl-policy"
-    print("evaluating", flush=True)
-    report["eval"] = evaluate(policies, policy_dir, rm_dir, eval_texts)
-    start = report["eval"]["start"]
-    summary = {}
+        report["runs"].append(row)
+        print(
+            f"  {side} seed {seed}: {row['episodes_per_second']:.3f} episodes/s "
+            f"({row['episodes_per_cpu_second']:.3f}/CPU-s), reward gain {gain:+.3f} +- {gain_se:.3f}, "
+            f"KL {row['kl_to_start']:.3f}, load {load_before[0]:.2f} -> {result['load_after'][0]:.2f}",
+            flush=True,
+        )
+        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    summary: dict = {}
     for side in ("ours", "trl"):
-        if side in report:
-            summary[side] = {
-                "episodes_per_second": round(report[side]["episodes_per_second"], 4),
-                "train_seconds": round(report[side]["train_seconds"], 1),
-                "reward_gain": round(report["eval"][side]["reward_mean"] - start["reward_mean"], 4),
-                "objective_gain": round(report["eval"][side]["objective_mean"] - start["objective_mean"], 4),
-                "kl_to_start": round(report["eval"][side]["kl_mean"], 4),
-            }
+        rows = [r for r in report["runs"] if r["side"] == side]
+        if rows:
+            summary[side] = {}
+            for key in (
+                "episodes_per_second",
+                "episodes_per_cpu_second",
+                "reward_gain",
+                "objective_gain",
+                "kl_to_start",
+            ):
+                mean, sd = mean_sd([r[key] for r in rows])
+                summary[side][key] = round(mean, 4)
+                summary[side][f"{key}_sd"] = round(sd, 4)
     if "trl" in summary:
         summary["speedup"] = round(summary["ours"]["episodes_per_second"] / summary["trl"]["episodes_per_second"], 2)
+        summary["speedup_cpu"] = round(
+            summary["ours"]["episodes_per_cpu_second"] / summary["trl"]["episodes_per_cpu_second"], 2
+        )
+        by_seed = {}
+        for r in report["runs"]:
+            by_seed.setdefault(r["seed"], {})[r["side"]] = r["episodes_per_second"]
+        summary["speedup_per_seed"] = [
+            round(v["ours"] / v["trl"], 2) for _, v in sorted(by_seed.items()) if len(v) == 2
+        ]
     report["summary"] = summary
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(summary, indent=2))

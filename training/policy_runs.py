@@ -6,6 +6,7 @@ reward run does, and write their results back here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -50,15 +51,51 @@ def write_prompts(path: Path, prompts: list[Prompt]) -> Path:
     return path
 
 
-def next_prompts(project: Project, limit: int) -> list[Prompt]:
-    """Prompts nobody has labelled yet first (newest first), then the rest; evaluation prompts are
-    kept out of training."""
+def next_prompts(project: Project, limit: int, exclude: list[int] | None = None) -> list[Prompt]:
+    """Prompts nobody has labelled yet first (newest first), then the rest; evaluation prompts (and
+    the ids in `exclude`) are kept out of training."""
     labelled = Preference.objects.filter(comparison__prompt=OuterRef("pk"))
     return list(
         Prompt.objects.filter(project=project, is_eval=False)
+        .exclude(pk__in=exclude or [])
         .annotate(labelled=Exists(labelled))
         .order_by("labelled", "-id")[:limit]
     )
+
+
+EVAL_PROMPTS_MAX = 32
+EVAL_HASH_ONE_IN = 4
+
+
+def in_eval_fallback(prompt_id: int) -> bool:
+    """One prompt id in EVAL_HASH_ONE_IN, by a hash of the id: spread over the project, not its oldest."""
+    digest = hashlib.sha256(f"eval-prompt:{prompt_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % EVAL_HASH_ONE_IN == 0
+
+
+def eval_prompts(project: Project) -> list[Prompt]:
+    """The fixed evaluation set every new policy version is scored on (ppo_eval), at most EVAL_PROMPTS_MAX:
+
+    - the project's prompts marked is_eval, lowest ids first;
+    - if none is marked, the lowest-id prompts among those whose id hashes into one bucket in
+      EVAL_HASH_ONE_IN (`in_eval_fallback`), and if no prompt does (a project of a few prompts), the
+      lowest-id prompts.
+
+    Both rules only ever take the lowest qualifying ids, so once the set is full, adding prompts never
+    changes it: versions trained later are scored on the same prompts. Fallback prompts are kept out of
+    PPO's training prompts, like marked ones.
+    """
+    prompts = Prompt.objects.filter(project=project).order_by("id")
+    marked = list(prompts.filter(is_eval=True)[:EVAL_PROMPTS_MAX])
+    if marked:
+        return marked
+    chosen: list[Prompt] = []
+    for prompt in prompts.iterator(chunk_size=500):
+        if in_eval_fallback(prompt.pk):
+            chosen.append(prompt)
+            if len(chosen) == EVAL_PROMPTS_MAX:
+                break
+    return chosen or list(prompts[:EVAL_PROMPTS_MAX])
 
 
 def ppo_run(run: TrainingRun) -> None:
@@ -69,7 +106,10 @@ def ppo_run(run: TrainingRun) -> None:
     policy = (
         run.parent_model or ModelVersion.objects.filter(project=project, kind=ModelKind.POLICY, is_active=True).first()
     )
-    prompts = next_prompts(project, int(config.get("num_prompts", 64)))
+    evaluation = eval_prompts(project)
+    fallback = [p.pk for p in evaluation if not p.is_eval]  # marked ones are never training prompts
+    limit = int(config.get("num_prompts", 64))
+    prompts = next_prompts(project, limit, exclude=fallback) or next_prompts(project, limit)
     if not prompts:
         raise services.TrainingError("the project has no prompts to train the policy on")
     folder = run_dir(run)
@@ -83,6 +123,7 @@ def ppo_run(run: TrainingRun) -> None:
         "--out", str(out),
         "--config-json", json.dumps(config.get("trainer", {})),
         "--cache-dir", str(cache_dir()),
+        "--eval-prompts", str(write_prompts(folder / "eval-prompts.jsonl", evaluation)),
     ]  # fmt: skip
     if policy is not None:
         argv += ["--parent", str(policy.pk)]

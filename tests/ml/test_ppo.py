@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from training.ml.cli_ppo import main as cli_main
+from training.ml.generate import sample
 from training.ml.policy import load_policy
 from training.ml.ppo import forward, train, trimmed
 from training.ml.ppo_checkpoint import CHECKPOINTS, ResumeError
 from training.ml.ppo_config import PPOConfig
+from training.ml.ppo_eval import EVAL_KEYS, evaluate_policy, mean_confidence_interval, student_t_quantile
 
 from .tiny_causal import PROMPTS, build_tiny_causal, count_word_reward
 
@@ -57,7 +59,7 @@ def run(path: Path, cfg: PPOConfig, **kwargs):
 
 
 def test_a_few_iterations_raise_the_reward_while_the_kl_stays_bounded(tiny_policy: Path):
-    policy, _, history = run(tiny_policy, PPOConfig(iterations=10, kl_coef=0.05, **FAST))
+    policy, metrics, history = run(tiny_policy, PPOConfig(iterations=10, kl_coef=0.05, **FAST), eval_prompts=PROMPTS)
     before = sum(m["reward/mean"] for m in history[:2]) / 2
     after = sum(m["reward/mean"] for m in history[-2:]) / 2
     assert after > before + 0.5, [m["reward/mean"] for m in history]
@@ -80,6 +82,49 @@ def test_a_few_iterations_raise_the_reward_while_the_kl_stays_bounded(tiny_polic
     assert all(torch.isfinite(torch.tensor(list(m.values()))).all() for m in history)
     assert history[0]["ppo/kl"] == pytest.approx(0.0, abs=1e-5)  # the policy starts as the reference
     assert history[-1]["ppo/lr"] < history[0]["ppo/lr"]  # annealed
+
+    # the final evaluation on fixed prompts: better than the starting policy, which has a KL of exactly 0
+    start, tokenizer = load_policy(str(tiny_policy))
+    reference, _ = load_policy(str(tiny_policy))
+    before, _ = evaluate(start, tokenizer, reference, PROMPTS)
+    assert set(EVAL_KEYS) <= metrics.keys()
+    assert metrics["eval/prompts"] == before["eval/prompts"] == len(PROMPTS)
+    assert before["eval/kl"] == 0.0 and metrics["eval/kl"] > 0.05
+    assert metrics["eval/reward/mean"] > before["eval/reward/ci_high"], (metrics, before)
+    for m in (metrics, before):
+        assert m["eval/reward/ci_low"] <= m["eval/reward/mean"] <= m["eval/reward/ci_high"]
+
+
+def evaluate(policy, tokenizer, reference, prompts, **kwargs):
+    settings = dict(max_new_tokens=8, temperature=0.7, max_prompt_tokens=128, batch_size=4, seed=3)
+    return evaluate_policy(policy, tokenizer, reference, count_word_reward(), prompts, **{**settings, **kwargs})
+
+
+def test_the_evaluation_is_reproducible_bounded_in_time_and_gives_a_t_interval(tiny_policy: Path):
+    policy, tokenizer = load_policy(str(tiny_policy))
+    reference, _ = load_policy(str(tiny_policy))
+    prompts = PROMPTS * 3  # more than one batch of 4
+    metrics, details = evaluate(policy, tokenizer, reference, prompts)
+    assert metrics == evaluate(policy, tokenizer, reference, prompts)[0]  # a fixed seed: same responses
+    assert metrics["eval/prompts"] == len(prompts) == len(details["scores"]) == len(details["kls"])
+    assert metrics["eval/kl"] == 0.0 and set(details["kls"]) == {0.0}  # the policy is the reference
+    scores = details["scores"]
+    n, mean = len(scores), sum(scores) / len(scores)
+    sd = (sum((x - mean) ** 2 for x in scores) / (n - 1)) ** 0.5
+    assert metrics["eval/reward/mean"] == pytest.approx(mean)
+    half = student_t_quantile(0.975, n - 1) * sd / n**0.5
+    assert metrics["eval/reward/ci_high"] == pytest.approx(mean + half)
+    assert metrics["eval/reward/ci_low"] == pytest.approx(mean - half)
+
+    bounded, _ = evaluate(policy, tokenizer, reference, prompts, time_limit_s=0.0)
+    assert bounded["eval/prompts"] == 4  # the first batch always runs; no other starts after the limit
+
+
+def test_student_t_quantiles_match_the_tables():
+    for df, expected in ((1, 12.7062), (2, 4.3027), (5, 2.5706), (31, 2.0395), (1000, 1.9623)):
+        assert student_t_quantile(0.975, df) == pytest.approx(expected, abs=1e-4)
+    assert mean_confidence_interval([2.0])[0] == 2.0
+    assert all(x != x for x in mean_confidence_interval([2.0])[1:])  # one value: no interval (nan)
 
 
 def test_a_larger_kl_penalty_keeps_the_policy_closer_to_the_reference(tiny_policy: Path):
@@ -155,6 +200,45 @@ def test_left_padded_and_trimmed_batches_give_the_log_probs_of_each_sequence_alo
     assert torch.allclose(sub[0, :2], batched[1, :2], atol=1e-5) and torch.allclose(sub[1], batched[3, :3], atol=1e-5)
 
 
+def test_the_samplers_log_probs_and_values_are_those_of_a_full_forward_pass(tiny_policy: Path):
+    """PPO takes the old log-probs and values from the sampling passes instead of a second pass of the
+    policy: they must be the numbers that pass would give (the ratio of the first PPO step is then 1)."""
+    from training.ml.generate import encode_prompt, left_pad, sample_rollout
+    from training.ml.ppo import ValueHead
+    from training.ml.ppo_core import first_stop_lengths, lengths_to_mask
+
+    policy, tokenizer = load_policy(str(tiny_policy))
+    head = ValueHead(policy.config.hidden_size)
+    torch.nn.init.normal_(head.linear.weight)  # a zero head would make the values trivially equal
+    rows = [encode_prompt(tokenizer, p, 64, chat=True) for p in PROMPTS]
+    queries, prompt_mask = left_pad(rows, tokenizer.pad_token_id)
+    stop = [tokenizer.eos_token_id, 10]  # a second stop word: rows end at different steps
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        rollout = sample_rollout(
+            policy,
+            queries,
+            prompt_mask,
+            8,
+            0.7,
+            stop,
+            tokenizer.pad_token_id,
+            generator,
+            logprobs=True,
+            value_head=head,
+        )
+        lengths, _ = first_stop_lengths(rollout.tokens, stop)
+        mask = lengths_to_mask(lengths, rollout.tokens.shape[1])
+        assert len(set(lengths.tolist())) > 1
+        ids = torch.cat([queries, rollout.tokens], 1)
+        am = torch.cat([prompt_mask, mask.long()], 1)
+        full = forward(policy, head, ids, am, rollout.tokens, temperature=0.7)
+    assert torch.allclose(rollout.logprobs * mask, full.logprobs * mask, atol=1e-5)
+    assert torch.allclose(rollout.values * mask, full.values * mask, atol=1e-5)
+    plain = sample(policy, queries, prompt_mask, 8, 0.7, stop, tokenizer.pad_token_id, torch.Generator().manual_seed(5))
+    assert torch.equal(plain, rollout.tokens)  # recording changes nothing about what is sampled
+
+
 @pytest.fixture(scope="module")
 def tiny_reward_model(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> Path:
     """An (untrained) reward model saved the way `reward` saves one, with a BERT tokenizer unlike the policy's."""
@@ -204,17 +288,21 @@ def test_cli_runs_ppo_against_a_saved_reward_model_and_reports_progress(
             str(progress),
             "--parent",
             "policy-v1",
+            "--eval-prompts",
+            str(write_prompts(tmp_path / "eval.jsonl")),
         ]
     )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     metrics = json.loads(captured.out)
     assert metrics["iteration"] == 2.0 and "ppo/kl" in metrics
+    assert metrics["eval/prompts"] == len(PROMPTS) and set(EVAL_KEYS) <= metrics.keys()
     lines = [json.loads(line) for line in progress.read_text().splitlines()]
     assert all({"step", "total", "loss", "eta", "time"} <= line.keys() for line in lines)
     assert lines[-1]["step"] == lines[-1]["total"] == 2 and lines[-1]["phase"] == "done"
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["parent"] == "policy-v1" and meta["reward_normalisation"] == {"mean": 0.1, "std": 0.5}
+    assert meta["metrics"]["eval/kl"] == metrics["eval/kl"] and len(meta["evaluation"]["scores"]) == len(PROMPTS)
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
 
 
@@ -238,3 +326,24 @@ def test_cli_rejects_bad_input_before_loading_anything(
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_command_line_picks_torch_threads_from_the_config_the_environment_or_the_free_cores(monkeypatch):
+    from training.ml import cli_ppo
+
+    assert 0 <= cli_ppo.busy_cores() < 10_000  # reads /proc/loadavg (or the load average) without failing
+    cores = 4
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: cores)
+    chosen = []
+    monkeypatch.setattr(torch, "set_num_threads", chosen.append)
+    assert cli_ppo.set_threads(3) == 3  # configured: exactly that
+    monkeypatch.setattr(cli_ppo, "busy_cores", lambda: 0.2)
+    assert cli_ppo.set_threads(0) == 4  # an idle machine: all cores
+    monkeypatch.setattr(cli_ppo, "busy_cores", lambda: 2.6)
+    assert cli_ppo.set_threads(0) == 1  # 1.4 cores free
+    monkeypatch.setattr(cli_ppo, "busy_cores", lambda: 9.0)
+    assert cli_ppo.set_threads(0) == 1  # never fewer than one
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert cli_ppo.set_threads(0) == cores  # torch's own reading of OMP_NUM_THREADS stands
+    assert chosen == [3, 4, 1, 1, cores]

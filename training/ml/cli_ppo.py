@@ -4,7 +4,7 @@ Same conventions as cli.py: stdout carries only the final metrics JSON; progress
 as JSON lines, to --progress-file; bad input exits 2 with a message and no traceback.
 
     ppo       --policy P --reward R --prompts prompts.jsonl --out DIR [--ref P] [--config-json J]
-              [--resume-from DIR] [--cache-dir D] [--parent ID] [--progress-file F]
+              [--resume-from DIR] [--cache-dir D] [--parent ID] [--eval-prompts eval.jsonl] [--progress-file F]
     generate  --policy P --prompts prompts.jsonl --out responses.jsonl [--config-json J] [--cache-dir D]
               [--progress-file F]
 
@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,12 @@ def add_ppo_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--ref", default=None, help="reference model for the KL penalty (default: --policy)")
     p.add_argument("--resume-from", default=None, help="a checkpoint folder, or a previous --out with checkpoints")
     p.add_argument("--parent", default=None, help="id of the parent policy version, stored in metadata")
+    p.add_argument(
+        "--eval-prompts",
+        default=None,
+        help="JSONL of fixed evaluation prompts: the final policy's mean score (95%% CI) and KL on them are "
+        "added to the metrics",
+    )
     return p
 
 
@@ -62,12 +69,12 @@ def _overrides(text: str) -> dict[str, Any]:
     return parse_overrides(text)
 
 
-def read_prompts(path: str) -> tuple[list[Any], list[Any]]:
+def read_prompts(path: str, flag: str = "--prompts") -> tuple[list[Any], list[Any]]:
     """(prompts, ids) from a JSONL file; every line needs a string or chat-message-list 'prompt'."""
     from .generate import prompt_messages
 
     if not Path(path).is_file():
-        raise UsageError(f"--prompts: file not found: {path}")
+        raise UsageError(f"{flag}: file not found: {path}")
     prompts, ids = [], []
     for lineno, obj in read_jsonl(path):
         where = f"{path}:{lineno}"
@@ -105,6 +112,7 @@ def run_ppo(args: argparse.Namespace) -> int:
     # 1. validate everything cheap before loading any model, so bad input fails fast
     cfg = PPOConfig.from_dict(_overrides(args.config_json))
     prompts, _ = read_prompts(args.prompts)
+    eval_prompts, _ = read_prompts(args.eval_prompts, "--eval-prompts") if args.eval_prompts else ([], [])
     if not (Path(args.reward) / METADATA_FILE).is_file():
         raise UsageError(f"--reward: no reward model (metadata.json) in {args.reward}")
     _check_policy_arg(args.policy, "--policy")
@@ -120,6 +128,8 @@ def run_ppo(args: argparse.Namespace) -> int:
     elif out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"--out: {out} already exists and is not empty")
     _quiet_transformers()
+    threads = set_threads(cfg.threads)
+    auto_threads = not cfg.threads and not os.environ.get("OMP_NUM_THREADS")
 
     reporter = ProgressReporter(args.progress_file)
     try:
@@ -149,6 +159,9 @@ def run_ppo(args: argparse.Namespace) -> int:
             device=device,
             num_prompts=len(prompts),
         )
+        metadata["threads"] = threads
+        if args.eval_prompts:
+            metadata["eval_prompts_sha256"] = file_sha256(args.eval_prompts)
         metadata["reward_normalisation"] = {"mean": mean, "std": std}
         # 3. train (resuming when asked), saving checkpoints and the final policy under --out
         try:
@@ -167,6 +180,8 @@ def run_ppo(args: argparse.Namespace) -> int:
                 progress=reporter,
                 log=reporter.log,
                 phase=reporter.set_phase,
+                eval_prompts=eval_prompts or None,
+                before_iteration=(lambda _: set_threads(0)) if auto_threads else None,
             )
         except ResumeError as exc:
             raise UsageError(f"--resume-from: {exc}") from None
@@ -190,6 +205,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if not out.parent.is_dir():
         raise UsageError(f"--out: folder {out.parent} does not exist")
     _quiet_transformers()
+    set_threads(0)
 
     reporter = ProgressReporter(args.progress_file)
     try:
@@ -223,6 +239,58 @@ def run_generate(args: argparse.Namespace) -> int:
     }
     print(json.dumps(finite(summary), sort_keys=True), flush=True)
     return 0
+
+
+def _own_running_threads() -> int:
+    """Threads of this process that the kernel has running or runnable now (state R)."""
+    count = 0
+    for stat in Path("/proc/self/task").glob("*/stat"):
+        try:
+            count += stat.read_text().rsplit(")", 1)[1].split()[0] == "R"
+        except (OSError, IndexError):
+            continue
+    return count
+
+
+def busy_cores(samples: int = 5, interval: float = 0.05) -> float:
+    """How many cores other processes keep busy: the smaller of the 1-minute load average and the median
+    count of other processes' runnable tasks (all runnable tasks minus this process's own) over a quarter
+    of a second. The average alone lags (a job that just ended still counts for a minute, and it counts
+    this process too); the instant count alone is noisy."""
+    load = os.getloadavg()[0]
+    try:
+        counts = []
+        for i in range(samples):
+            if i:
+                time.sleep(interval)
+            with open("/proc/loadavg", encoding="ascii") as f:
+                running = int(f.read().split()[3].split("/")[0])
+            counts.append(max(0, running - max(1, _own_running_threads())))
+    except (OSError, ValueError, IndexError):
+        return load
+    return min(load, float(sorted(counts)[len(counts) // 2]))
+
+
+def set_threads(configured: int) -> int:
+    """Set torch's CPU threads for this process and return how many: the configured number, else
+    OMP_NUM_THREADS when set, else the cores (torch's default) that other processes leave free, at least 1.
+
+    The training subprocess is started without OMP_NUM_THREADS. On a machine shared with other jobs, two
+    threads that keep waiting for each other at every matrix product are slower than one (measured on 2
+    cores at load ~3: a PPO step of SmolLM2 took 8 s with one thread and 10-16 s with two; a default PPO
+    iteration went from 29 s to 280 s when other jobs started while it held two threads). The PPO command
+    asks again before every iteration, so a run follows the machine's load."""
+    import torch
+
+    if configured:
+        threads = configured
+    elif os.environ.get("OMP_NUM_THREADS"):
+        threads = torch.get_num_threads()
+    else:
+        cores = torch.get_num_threads()
+        threads = max(1, min(cores, round(cores - busy_cores())))
+    torch.set_num_threads(threads)
+    return threads
 
 
 def _cuda(device: str) -> bool:

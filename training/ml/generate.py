@@ -12,6 +12,7 @@ import inspect
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -120,6 +121,15 @@ def _accepts_logits_to_keep(model: Any) -> bool:
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
+@dataclass
+class Rollout:
+    """What sample_rollout returns: the tokens and, when asked, what PPO needs to know about each."""
+
+    tokens: torch.Tensor  # (B, R) sampled ids; pad_id after a row's first stop token
+    logprobs: torch.Tensor | None = None  # (B, R) log p(token) under softmax(logits / temperature)
+    values: torch.Tensor | None = None  # (B, R) value_head(state that chose the token)
+
+
 @torch.no_grad()
 def sample(
     model: Any,
@@ -133,13 +143,42 @@ def sample(
 ) -> torch.Tensor:
     """Sample up to max_new_tokens after left-padded prompts with a KV cache. Returns (B, R), R <= max_new_tokens;
     after a row's first stop token its remaining columns hold pad_id. Stops early once every row has stopped."""
+    return sample_rollout(
+        model, input_ids, attention_mask, max_new_tokens, temperature, stop_ids, pad_id, generator
+    ).tokens
+
+
+@torch.no_grad()
+def sample_rollout(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    stop_ids: list[int],
+    pad_id: int,
+    generator: torch.Generator | None = None,
+    logprobs: bool = False,
+    value_head: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Rollout:
+    """`sample`, optionally keeping the log-prob of each sampled token (at the temperature) and the value of
+    the state that chose it, read off the same forward passes that sampled it.
+
+    This is what saves PPO a separate no-grad pass of the policy over every rollout: the logits and the
+    final hidden state of each step are already there. They match a full forward pass of the finished
+    sequences up to float rounding (the KV cache computes the same attention in another order).
+    """
     B = input_ids.shape[0]
     stops = torch.tensor(stop_ids, device=input_ids.device)
     finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)  # (B,)
-    extra = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
+    extra: dict[str, Any] = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
+    if value_head is not None:
+        extra["output_hidden_states"] = True
     positions = position_ids_from_mask(attention_mask)  # (B, P)
     step_ids, step_positions, past = input_ids, positions, None
     tokens: list[torch.Tensor] = []
+    token_logprobs: list[torch.Tensor] = []
+    values: list[torch.Tensor] = []
     for _ in range(max_new_tokens):
         out = model(
             input_ids=step_ids,
@@ -151,6 +190,10 @@ def sample(
         )
         logits = out.logits[:, -1, :].float() / temperature  # (B, V)
         next_ids = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)  # (B,)
+        if logprobs:
+            token_logprobs.append(torch.log_softmax(logits, dim=-1).gather(-1, next_ids[:, None]).squeeze(1))
+        if value_head is not None:
+            values.append(value_head(out.hidden_states[-1][:, -1]))  # (B,)
         next_ids = torch.where(finished, torch.full_like(next_ids, pad_id), next_ids)
         tokens.append(next_ids)
         finished |= torch.isin(next_ids, stops)
@@ -160,7 +203,11 @@ def sample(
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)  # (B, L + 1)
         step_positions = step_positions[:, -1:] + 1  # (B, 1)
         step_ids = next_ids[:, None]  # (B, 1)
-    return torch.stack(tokens, dim=1)  # (B, R)
+    return Rollout(
+        tokens=torch.stack(tokens, dim=1),
+        logprobs=torch.stack(token_logprobs, dim=1) if logprobs else None,
+        values=torch.stack(values, dim=1) if value_head is not None else None,
+    )
 
 
 def generate(

@@ -3,19 +3,26 @@
 `train()` is the whole loop, top to bottom, in numbered steps; the arithmetic (KL rewards, GAE,
 whitening, clipped losses, KL controller) lives in ppo_core as pure, tested functions.
 
+Cost per iteration, in forward-pass equivalents of the rollout batch: sampling (prefill + one cached step
+per token), which also yields the old log-probs and values (no second pass of the policy); one no-grad
+pass of the reference (skipped in the first iteration, where the policy still is the reference); the
+reward model; and ppo_epochs x (forward + backward) of the policy, which dominates.
+
 Models:
 - policy: the causal LM being trained; kept in eval mode throughout (dropout off), which does not
   stop gradients;
 - reference: a frozen copy of the starting policy (or another model with the same tokenizer); the
   per-token KL penalty -beta * (log pi - log pi_ref) keeps the policy near it;
 - value model: a linear head on the policy's last hidden state (ValueHead). Why not a separate critic
-  initialised from the reward model, as in OpenAI's original code: the reward model here may be a
+  initialised from the reward model, as in OpenAI's original code and TRL: the reward model here may be a
   different architecture with a different tokenizer (MiniLM by default), so it cannot give one value
   per policy token; and a second copy of the policy as critic doubles memory and the forward/backward
   cost of every PPO step, which on a CPU is the whole budget. The head is zero-initialised: rewards are
   normalised to mean 0, so an initial value of 0 everywhere is the unbiased guess and the first
-  advantages are just the (whitened) returns. It learns at its own rate (value_lr), and vf_coef keeps
-  its gradient into the shared body small;
+  advantages are just the (whitened) returns. It learns at its own rate, value_lr (1e-3): a fresh linear
+  head under Adam moves its output by about lr x sum|h| per step, and at the policy's 2e-5 it would still
+  be near 0 after a whole run (measured on SmolLM2: 0.08 against returns of 0.7 after 16 steps at 1e-4),
+  leaving the mean score in every advantage; vf_coef keeps its gradient into the shared body small;
 - reward model: any function (prompts, response texts, finished flags) -> scores. With a saved reward model the
   policy's responses are decoded to text and re-tokenised by the reward model's own tokenizer, so the
   two may use different vocabularies.
@@ -40,7 +47,7 @@ from .generate import (
     left_pad,
     pad_id_of,
     position_ids_from_mask,
-    sample,
+    sample_rollout,
     stop_token_ids,
     uses_chat_template,
 )
@@ -60,6 +67,7 @@ from .ppo_core import (
     rewards_with_kl,
     value_loss,
 )
+from .ppo_eval import evaluate_policy
 
 RewardFn = Callable[[list[Any], list[str], list[bool]], list[float]]  # (prompts, texts, finished) -> raw scores
 ProgressFn = Callable[[int, int, float | None, float | None], None]  # (iteration, total, loss, eta_seconds)
@@ -151,6 +159,14 @@ def reward_model_fn(loaded: Any, batch_size: int = 16) -> tuple[RewardFn, float,
     return (lambda prompts, texts, finished: loaded.score(prompts, texts, batch_size=batch_size)), mean, std
 
 
+def same_weights(a: Any, b: Any) -> bool:
+    """Whether two models hold exactly the same tensors (names, shapes, values)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    if sa.keys() != sb.keys():
+        return False
+    return all(sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in sa)
+
+
 def _iteration_prompts(n_prompts: int, iteration: int, batch: int, seed: int) -> list[int]:
     """Prompt indices of one iteration: consecutive slices of seeded shuffles of all prompts (one
     shuffle per pass). A function of (seed, iteration) only, so a resumed run picks the same prompts."""
@@ -182,16 +198,23 @@ def train(
     log: LogFn | None = None,
     phase: PhaseFn | None = None,
     stop_after: int | None = None,
+    eval_prompts: list[Any] | None = None,
+    before_iteration: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Run cfg.iterations PPO iterations on `policy` in place; returns the last iteration's metrics.
 
     With out_dir, a resumable checkpoint is written every cfg.checkpoint_every iterations and the final
     policy at the end (ppo_checkpoint has the layout). stop_after ends the run after that many
-    iterations without the final save, as if the worker had died there (tests use it).
+    iterations without the final save, as if the worker had died there (tests use it). With
+    eval_prompts, the final policy is evaluated on them (ppo_eval) and the eval/* keys join the
+    returned metrics and the saved metadata. before_iteration(i) runs before iteration i and before the
+    evaluation (i = cfg.iterations): the command line re-picks torch's threads there.
     """
-    # 1. devices, seeds, frozen reference, value head, optimizer (AdamW, eps 1e-5)
+    # 1. devices, threads, seeds, frozen reference, value head, optimizer (fused AdamW)
     use_cuda = torch.cuda.is_available() if cfg.device == "auto" else cfg.device == "cuda"
     rt = Runtime(device=torch.device("cuda" if use_cuda else "cpu"))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)  # for the process: train() owns it while it runs
     torch.manual_seed(cfg.seed)
     policy.to(rt.device).eval()  # eval: no dropout; gradients still flow
     reference.to(rt.device).eval().requires_grad_(False)
@@ -205,6 +228,8 @@ def train(
             {"params": list(value_head.parameters()), "weight_decay": 0.0, "lr": cfg.value_lr},
         ],
         eps=cfg.adam_eps,
+        # fused on CPU too: torch's CPU default steps each of the ~270 tensors in a Python loop
+        fused=rt.device.type in ("cpu", "cuda"),
     )
     peak_lrs = [g["lr"] for g in optimizer.param_groups]
     kl_ctl = KLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
@@ -228,6 +253,7 @@ def train(
         sampler.set_state(state["sampler_rng"])
         torch.set_rng_state(state["torch_rng"])
     out_dir = Path(out_dir) if out_dir is not None else None
+    ref_is_policy = start == 0 and same_weights(policy, reference)
 
     if phase:
         phase("train")
@@ -236,6 +262,8 @@ def train(
     B, t_run = cfg.rollout_batch_size, time.time()
     metrics: dict[str, Any] = history[-1] if history else {}
     for iteration in range(start, cfg.iterations):
+        if before_iteration:
+            before_iteration(iteration)
         t0 = time.time()
         # 4. anneal the learning rate linearly towards 0 over the run (per iteration, as CleanRL)
         frac = 1.0 - iteration / cfg.iterations
@@ -248,11 +276,22 @@ def train(
         queries, prompt_mask = left_pad([encoded[i] for i in idx], pad_id, rt.device)  # (B, P)
         P = queries.shape[1]
         with torch.no_grad(), autocast(rt, cfg.bf16):
-            responses = sample(
-                policy, queries, prompt_mask, cfg.max_new_tokens, cfg.temperature, stop_ids, pad_id, sampler
-            )  # (B, R)
+            rollout = sample_rollout(
+                policy,
+                queries,
+                prompt_mask,
+                cfg.max_new_tokens,
+                cfg.temperature,
+                stop_ids,
+                pad_id,
+                sampler,
+                logprobs=True,
+                value_head=value_head,
+            )  # (B, R) each
+        t_sampled = time.time()
 
         # 6. truncate at the first stop token (kept: ending is an action too), pad after it
+        responses = rollout.tokens
         lengths, finished = first_stop_lengths(responses.cpu(), stop_ids)  # (B,), (B,)
         lengths, finished = lengths.to(rt.device), finished.to(rt.device)
         R = int(lengths.max())
@@ -262,19 +301,24 @@ def train(
         query_responses = torch.cat([queries, responses], dim=1)  # (B, P + R)
         attention_mask = torch.cat([prompt_mask, mask.long()], dim=1)  # (B, P + R)
 
-        # 7. old log-probs and values (policy), reference log-probs: no grad, in forward_batch_size chunks
-        logprobs = torch.zeros(B, R, device=rt.device)
-        ref_logprobs = torch.zeros(B, R, device=rt.device)
-        values = torch.zeros(B, R, device=rt.device)
-        with torch.no_grad(), autocast(rt, cfg.bf16):
-            for s in range(0, B, cfg.forward_batch_size):
-                rows = torch.arange(s, min(B, s + cfg.forward_batch_size), device=rt.device)
-                ids, am, r = trimmed(rows, query_responses, attention_mask, P, lengths)
-                out = forward(policy, value_head, ids, am, responses[rows, :r], cfg.temperature)
-                logprobs[rows, :r], values[rows, :r] = out.logprobs, out.values
-                ref_logprobs[rows, :r] = forward(
-                    reference, None, ids, am, responses[rows, :r], cfg.temperature
-                ).logprobs
+        # 7. old log-probs and values: those the sampler read off its own forward passes (no second pass
+        #    of the policy); reference log-probs in no-grad chunks, except while the policy still is the
+        #    reference (the first iteration of a run that starts from it), where they are the same numbers
+        logprobs = rollout.logprobs[:, :R] * mask  # (B, R)
+        values = rollout.values[:, :R] * mask  # (B, R)
+        if iteration == 0 and ref_is_policy:
+            ref_logprobs = logprobs.clone()
+        else:
+            ref_logprobs = torch.zeros(B, R, device=rt.device)
+            with torch.no_grad(), autocast(rt, cfg.bf16):
+                for s in range(0, B, cfg.forward_batch_size):
+                    rows = torch.arange(s, min(B, s + cfg.forward_batch_size), device=rt.device)
+                    ids, am, r = trimmed(rows, query_responses, attention_mask, P, lengths)
+                    ref_logprobs[rows, :r] = forward(
+                        reference, None, ids, am, responses[rows, :r], cfg.temperature
+                    ).logprobs
+            ref_logprobs = ref_logprobs * mask
+        t_forward = time.time()
 
         # 8. score: decode, let the reward model re-tokenise, normalise with its saved mean/std, clip,
         #    penalise responses that never ended
@@ -285,6 +329,8 @@ def train(
         raw_scores = torch.tensor(raw, dtype=torch.float32, device=rt.device)  # (B,)
         mean, std = (reward_mean, reward_std) if cfg.normalize_reward else (0.0, 1.0)
         scores = normalize_scores(raw_scores, mean, std, cfg.reward_clip, finished, cfg.missing_eos_penalty)  # (B,)
+
+        t_scored = time.time()
 
         # 9. per-token rewards (-beta * KL, score at the last real token), GAE, whitened advantages
         rewards, kl = rewards_with_kl(scores, logprobs, ref_logprobs, mask, kl_ctl.beta)  # (B, R), (B, R)
@@ -337,6 +383,8 @@ def train(
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
 
+        t_updated = time.time()
+
         # 11. adapt beta to the measured KL (summed over each response, averaged over the batch)
         mean_kl = float(kl.sum(dim=1).mean())
         beta_used = kl_ctl.beta
@@ -363,6 +411,11 @@ def train(
             "response/length_mean": float(n_tokens.float().mean()),
             "response/finished_share": float(finished.float().mean()),
             "time/iteration_seconds": seconds,
+            "time/threads": float(torch.get_num_threads()),
+            "time/sample_seconds": t_sampled - t0,
+            "time/forward_seconds": t_forward - t_sampled,
+            "time/score_seconds": t_scored - t_forward,
+            "time/update_seconds": t_updated - t_scored,
             "time/episodes_per_second": B / max(seconds, 1e-9),
         }
         history.append(metrics)
@@ -402,11 +455,37 @@ def train(
         if stop_after is not None and iteration + 1 >= stop_after:
             return metrics
 
-    # 14. the final policy
+    # 14. evaluation of the final policy on the fixed evaluation prompts (bounded by eval_time_limit_s)
+    evaluation = None
+    if eval_prompts:
+        if phase:
+            phase("evaluate")
+        if before_iteration:
+            before_iteration(cfg.iterations)
+        eval_metrics, evaluation = evaluate_policy(
+            policy,
+            tokenizer,
+            reference,
+            reward_fn,
+            eval_prompts,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            max_prompt_tokens=cfg.max_prompt_tokens,
+            chat_template=cfg.chat_template,
+            stop_tokens=cfg.stop_tokens,
+            batch_size=cfg.forward_batch_size,
+            seed=cfg.eval_seed,
+            time_limit_s=cfg.eval_time_limit_s,
+        )
+        metrics = {**metrics, **eval_metrics}
+
+    # 15. the final policy
     if out_dir is not None:
         if phase:
             phase("save")
         meta = {**(metadata or {}), "metrics": metrics, "config": cfg.to_dict(), "kl_controller": kl_ctl.state_dict()}
+        if evaluation is not None:
+            meta["evaluation"] = evaluation
         save_final(out_dir, policy, tokenizer, value_head, meta, history)
     if phase:
         phase("done")

@@ -29,6 +29,8 @@ from .policy import VALUE_HEAD_FILE
 POLICY_FORMAT = "rlhf-policy/1"
 METADATA_FILE = "metadata.json"
 CHECKPOINTS = "checkpoints"
+# settings that do not change what a run computes (beyond float rounding): a resumed run may change them
+RUNTIME_KEYS = frozenset({"threads", "eval_time_limit_s", "checkpoint_every"})
 
 
 class ResumeError(ValueError):
@@ -110,7 +112,11 @@ def load_checkpoint(
     "resuming gives what running straight through would have".
     """
     state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
-    changed = sorted(k for k in set(config) | set(state["config"]) if state["config"].get(k) != config.get(k))
+    changed = sorted(
+        k
+        for k in set(config) | set(state["config"])
+        if k not in RUNTIME_KEYS and state["config"].get(k) != config.get(k)
+    )
     if changed:
         raise ResumeError(f"{ckpt} was written with a different config ({', '.join(changed)}); resume with the same")
     load_weights(policy, ckpt / "policy")

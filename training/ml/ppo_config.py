@@ -2,8 +2,10 @@
 
 Plain dataclasses, no torch import, so the web side can build and validate a config (and store it
 as JSON) without loading the ML stack. Defaults are sized for the embedded setup: SmolLM2-135M on a
-2-core CPU, where one PPO iteration (16 episodes, 32-token responses, 2 epochs) takes about 1-2.5
-minutes, so a default run of 4 iterations (64 episodes, 8 optimizer steps) finishes in 5-10 minutes.
+2-core CPU, where one PPO iteration (16 episodes, 32-token responses, 2 epochs of 2 optimizer steps)
+takes 35-40 s, so a default run of 8 iterations (128 episodes: the loop's 64 prompts twice, 32
+optimizer steps), with loading and the final evaluation on 32 prompts, takes about 5-6 minutes
+(bench/ppo_default_bench.py measures it; bench/README.md has the figures).
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ class GenerateConfig:
 class PPOConfig:
     """Hyper-parameters and runtime switches for one PPO run (rollouts + updates)."""
 
-    iterations: int = 4
+    iterations: int = 8
     """PPO iterations: each samples rollout_batch_size responses, scores them and updates the policy."""
     rollout_batch_size: int = 16
     """Prompts (episodes) per iteration."""
@@ -115,12 +117,16 @@ class PPOConfig:
     """Whiten advantages over the real tokens of the whole rollout batch (mask-aware)."""
     lr: float = 2e-5
     """Peak AdamW learning rate of the policy, annealed linearly to 0 over the run."""
-    value_lr: float = 1e-4
-    """Learning rate of the value head (fresh weights learn faster than the pretrained body)."""
+    value_lr: float = 1e-3
+    """Learning rate of the value head: a fresh linear head must track the returns within a few steps,
+    which at the body's rate it never does (see ppo.py)."""
     weight_decay: float = 0.0
     """AdamW weight decay (matrices only)."""
-    adam_eps: float = 1e-5
-    """AdamW epsilon (1e-5 rather than 1e-8, as in the original PPO code)."""
+    adam_eps: float = 1e-8
+    """AdamW epsilon. 1e-8 as in PyTorch, transformers and TRL. OpenAI's 1e-5 was for TensorFlow's Adam,
+    where it is added before the bias correction; in PyTorch's Adam 1e-5 damps every parameter whose
+    gradient is below ~1e-5, which in a 135M-parameter policy with a clipped gradient is most of them
+    (SmolLM2, 4 iterations: KL 1.5 at 1e-5 with clipping at 1.0, 2.3 at 1e-8 without clipping)."""
     max_grad_norm: float | None = 1.0
     """Gradient clipping threshold; null disables clipping."""
     forward_batch_size: int = 16
@@ -133,6 +139,14 @@ class PPOConfig:
     """'auto' (CUDA if available), 'cpu' or 'cuda'."""
     bf16: bool = True
     """bf16 autocast on a CUDA device that supports it (ignored on CPU)."""
+    threads: int = 0
+    """torch CPU threads. 0: the command line picks them (OMP_NUM_THREADS if set, else the cores that the
+    load average leaves free, at least 1: on a busy machine one thread beats two that keep waiting for each
+    other); train() called directly then leaves torch's setting alone."""
+    eval_seed: int = 1234
+    """Seed of the sampler of the final evaluation: the same for every run, so versions are comparable."""
+    eval_time_limit_s: float | None = 300.0
+    """The final evaluation starts no new batch of prompts after this many seconds; null: no limit."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -170,7 +184,7 @@ class PPOConfig:
         for name in ("gamma", "lam"):
             value = getattr(self, name)
             _need(_is_number(value) and 0 <= value <= 1, f"{name} must be in [0, 1], got {value!r}")
-        for name in ("missing_eos_penalty", "reward_clip", "target_kl", "max_grad_norm"):
+        for name in ("missing_eos_penalty", "reward_clip", "target_kl", "max_grad_norm", "eval_time_limit_s"):
             value = getattr(self, name)
             _need(value is None or (_is_number(value) and value > 0), f"{name} must be > 0 or null, got {value!r}")
         for name in ("chat_template", "normalize_reward", "whiten_advantages", "bf16"):
@@ -180,9 +194,12 @@ class PPOConfig:
             isinstance(self.stop_tokens, list) and all(isinstance(s, str) and s for s in self.stop_tokens),
             f"stop_tokens must be a list of non-empty strings, got {self.stop_tokens!r}",
         )
+        for name in ("seed", "eval_seed"):
+            value = getattr(self, name)
+            _need(isinstance(value, int) and not isinstance(value, bool), f"{name} must be an integer, got {value!r}")
         _need(
-            isinstance(self.seed, int) and not isinstance(self.seed, bool),
-            f"seed must be an integer, got {self.seed!r}",
+            isinstance(self.threads, int) and not isinstance(self.threads, bool) and self.threads >= 0,
+            f"threads must be an integer >= 0 (0: automatic), got {self.threads!r}",
         )
         _need(self.device in DEVICES, f"device must be one of {DEVICES}, got {self.device!r}")
 
