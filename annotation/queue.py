@@ -157,6 +157,27 @@ def _still_open(*, project: Project, annotator, now: datetime, gold: bool, compa
 # Reads -------------------------------------------------------------------------------------------
 
 
+_PROJECT_TO_LABEL = """
+SELECT p.* FROM annotation_project p JOIN annotation_membership m ON m.project_id = p.id
+WHERE p.slug = %s AND m.user_id = %s LIMIT 1
+"""
+_HELD_LEASE = """
+SELECT * FROM annotation_assignment
+WHERE project_id = %s AND annotator_id = %s AND status = 'leased' AND expires_at > %s {exclude}
+ORDER BY leased_at, id LIMIT 1
+"""
+
+
+def held_lease(*, project: Project, annotator, now: datetime, exclude_ids=()) -> Assignment | None:
+    """The annotator's oldest live lease in this project on a comparison not in `exclude_ids`
+    (held_leases(...).exclude(...).first(), written out: it runs on every "next" request)."""
+    exclude = ""
+    if exclude_ids:
+        exclude = "AND comparison_id NOT IN (" + ", ".join(str(int(pk)) for pk in exclude_ids) + ")"
+    params = [project.pk, annotator.pk, connection.ops.adapt_datetimefield_value(now)]
+    return next(iter(Assignment.objects.raw(_HELD_LEASE.format(exclude=exclude), params)), None)
+
+
 def held_leases(*, project: Project, annotator, now: datetime | None = None) -> QuerySet[Assignment]:
     """The annotator's live leases in this project, oldest first."""
     now = now or timezone.now()
@@ -171,7 +192,8 @@ def project_to_label(*, user, slug: str) -> Project | None:
     labels enter the data like anyone's."""
     if not user.is_authenticated or not user.is_active:
         return None
-    return Project.objects.filter(slug=slug, memberships__user=user).first()
+    # Raw SQL for the reason given at _CANDIDATES: every labelling request starts with this look-up.
+    return next(iter(Project.objects.raw(_PROJECT_TO_LABEL, [slug, user.pk])), None)
 
 
 def labelling_project_ids(*, user) -> set[int]:
@@ -233,6 +255,18 @@ def _lease_one(*, project: Project, annotator, now: datetime, gold: bool, held: 
     return None
 
 
+# Assignment.objects.bulk_create([...], update_conflicts=True, ...) written out (see _CANDIDATES).
+_LEASE = """
+INSERT INTO annotation_assignment
+  (project_id, comparison_id, annotator_id, status, shown_left, leased_at, expires_at, first_shown_at, skip_reason)
+VALUES (%s, %s, %s, 'leased', %s, %s, %s, NULL, '')
+ON CONFLICT (comparison_id, annotator_id) DO UPDATE SET
+  status = EXCLUDED.status, shown_left = EXCLUDED.shown_left, leased_at = EXCLUDED.leased_at,
+  expires_at = EXCLUDED.expires_at, first_shown_at = NULL, skip_reason = ''
+RETURNING id
+"""
+
+
 @transaction.atomic
 def assignment_next(
     *,
@@ -251,8 +285,7 @@ def assignment_next(
         _take_sqlite_write_lock()
     # Two requests of one annotator at the same moment (two tabs) may each lease a comparison;
     # that costs a lease that expires, never a label beyond the overlap, so it is not prevented.
-    held = held_leases(project=project, annotator=annotator, now=now).exclude(comparison_id__in=list(exclude_ids))
-    assignment = held.first()
+    assignment = held_lease(project=project, annotator=annotator, now=now, exclude_ids=exclude_ids)
     if assignment is not None:
         return assignment
 
@@ -276,12 +309,14 @@ def assignment_next(
         expires_at=now + timedelta(seconds=project.lease_seconds),
     )
     # An expired lease of theirs on the same comparison is renewed in place, in the same statement.
-    Assignment.objects.bulk_create(
-        [assignment],
-        update_conflicts=True,
-        unique_fields=["comparison", "annotator"],
-        update_fields=["status", "shown_left", "leased_at", "expires_at", "first_shown_at", "skip_reason"],
-    )
+    adapt = connection.ops.adapt_datetimefield_value
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _LEASE,
+            [project.pk, comparison_id, annotator.pk, assignment.shown_left, adapt(now), adapt(assignment.expires_at)],
+        )
+        assignment.pk = cursor.fetchone()[0]
+    assignment._state.adding = False
     if connection.vendor == "postgresql":
         # A lease is soft state: if the server crashed in the next few milliseconds and lost it,
         # the comparison would simply be leased again. Not waiting for the WAL flush takes the
@@ -323,6 +358,20 @@ def _check_answer(
         raise QueueError(INVALID, "shown_left must be a or b.", "shown_left")
 
 
+_LOCK_COMPARISON = "SELECT id FROM annotation_comparison WHERE id = %(id)s AND project_id = %(project)s FOR UPDATE"
+# What a submit needs to know about the comparison, read under its lock in one statement: whether
+# it is gold, its label count, whether this annotator labelled it, and their assignment of it.
+_SUBMIT_STATE = """
+SELECT c.is_gold, c.label_count,
+       EXISTS (SELECT 1 FROM annotation_preference p
+               WHERE p.comparison_id = c.id AND p.annotator_id = %(annotator)s),
+       a.id, a.status, a.shown_left, a.expires_at <= %(now)s
+FROM annotation_comparison c
+LEFT JOIN annotation_assignment a ON a.comparison_id = c.id AND a.annotator_id = %(annotator)s
+WHERE c.id = %(id)s AND c.project_id = %(project)s
+"""
+
+
 @transaction.atomic
 def preference_submit(
     *,
@@ -348,13 +397,29 @@ def preference_submit(
     if time_spent_ms is not None:
         time_spent_ms = min(time_spent_ms, MAX_TIME_SPENT_MS)
     # The row lock orders this against leases of the same comparison and against a second submit
-    # of it, which then finds this one's label and answers as a retry.
-    comparison = _lock_comparison(project=project, comparison_id=comparison_id)
-    if comparison is None:
+    # of it, which then finds this one's label and answers as a retry. The state is read by a
+    # second statement: one that waited for the lock would still read the snapshot from before.
+    if not -(2**63) <= comparison_id < 2**63:  # no such id: bigint holds them all
         raise QueueError(NOT_LEASED, f"Comparison {comparison_id} is not assigned to you in this project.")
+    if connection.vendor == "sqlite":
+        _take_sqlite_write_lock()
+    params = {
+        "id": comparison_id,
+        "project": project.pk,
+        "annotator": annotator.pk,
+        "now": connection.ops.adapt_datetimefield_value(now),
+    }
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(_LOCK_COMPARISON, params)
+        cursor.execute(_SUBMIT_STATE, params)
+        row = cursor.fetchone()
+    if row is None:
+        raise QueueError(NOT_LEASED, f"Comparison {comparison_id} is not assigned to you in this project.")
+    is_gold, label_count, labelled, assignment_id, status, leased_left, expired = row
 
-    existing = Preference.objects.filter(comparison=comparison, annotator=annotator).first()
-    if existing is not None:
+    if labelled:
+        existing = Preference.objects.get(comparison_id=comparison_id, annotator=annotator)
         if existing.choice == choice and existing.strength == strength:
             return existing, False
         raise QueueError(
@@ -363,23 +428,24 @@ def preference_submit(
             "a label cannot be changed.",
         )
 
-    assignment = Assignment.objects.filter(comparison=comparison, annotator=annotator).first()
-    if assignment is None or assignment.status != AssignmentStatus.LEASED:
-        if assignment is not None and assignment.status == AssignmentStatus.SKIPPED:
+    if assignment_id is None or status != AssignmentStatus.LEASED:
+        if status == AssignmentStatus.SKIPPED:
             message = f"You skipped comparison {comparison_id}, so it is no longer assigned to you."
         else:
             message = f"Comparison {comparison_id} is not assigned to you in this project."
         raise QueueError(NOT_LEASED, message)
-    if shown_left is not None and shown_left != assignment.shown_left:
+    if shown_left is not None and shown_left != leased_left:
         raise QueueError(
             INVALID,
-            f"shown_left is {shown_left}, but response {assignment.shown_left} was shown on the left; "
+            f"shown_left is {shown_left}, but response {leased_left} was shown on the left; "
             "the page and the server disagree about the sides, so the label was not stored.",
             "shown_left",
         )
-    if assignment.expires_at <= now and not comparison.is_gold:
-        live = Assignment.objects.filter(comparison=comparison, status=AssignmentStatus.LEASED, expires_at__gt=now)
-        if comparison.label_count + live.count() >= project.overlap:
+    if expired and not is_gold:
+        live = Assignment.objects.filter(
+            comparison_id=comparison_id, status=AssignmentStatus.LEASED, expires_at__gt=now
+        ).count()
+        if label_count + live >= project.overlap:
             raise QueueError(
                 LEASE_EXPIRED,
                 f"Your time on comparison {comparison_id} ran out and it went to someone else; "
@@ -388,20 +454,23 @@ def preference_submit(
 
     preference = Preference(
         project=project,
-        comparison=comparison,
+        comparison_id=comparison_id,
         annotator=annotator,
         choice=choice,
         strength=strength,
         rationale=rationale,
-        shown_left=assignment.shown_left,
+        shown_left=leased_left,
         time_spent_ms=time_spent_ms,
     )
     # No full_clean(): _check_answer validated every field the caller sent, the checks above
     # settled the keys and the one-label rule under the lock, and the database enforces them all
     # again. full_clean() would add a query per foreign key and per check constraint.
     preference.save()
-    Comparison.objects.filter(pk=comparison.pk).update(label_count=F("label_count") + 1)
-    Assignment.objects.filter(pk=assignment.pk).update(status=AssignmentStatus.SUBMITTED)
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE annotation_comparison SET label_count = label_count + 1 WHERE id = %s", [comparison_id])
+        cursor.execute(
+            "UPDATE annotation_assignment SET status = %s WHERE id = %s", [AssignmentStatus.SUBMITTED, assignment_id]
+        )
     return preference, True
 
 
@@ -476,22 +545,31 @@ def prompt_turns(prompt: Prompt) -> list[tuple[str, str]]:
     return [("user" if role == "human" else role, content) for role, content in turns] or [("user", text)]
 
 
+_DISPLAY = """
+SELECT p.text, p.messages, a.text, b.text FROM annotation_comparison c
+JOIN annotation_prompt p ON p.id = c.prompt_id
+JOIN annotation_response a ON a.id = c.response_a_id
+JOIN annotation_response b ON b.id = c.response_b_id
+WHERE c.id = %s
+"""
+
+
 def assignment_display(*, assignment: Assignment) -> AssignmentDisplay:
     """Everything the page needs to show a leased comparison, rendered and sanitised. Says nothing
     about gold status, response sources or which response is a or b."""
-    comparison = Comparison.objects.select_related("prompt", "response_a", "response_b").get(
-        pk=assignment.comparison_id
-    )
-    first, second = comparison.response_a, comparison.response_b
+    with connection.cursor() as cursor:
+        cursor.execute(_DISPLAY, [assignment.comparison_id])
+        text, messages, first, second = cursor.fetchone()
+    messages = Prompt._meta.get_field("messages").from_db_value(messages, None, connection)
     left, right = (first, second) if assignment.shown_left == Side.A else (second, first)
     turns = [
         Turn(role=role if role in ROLE_LABELS else "other", label=ROLE_LABELS.get(role, role), html=render_markdown(t))
-        for role, t in prompt_turns(comparison.prompt)
+        for role, t in prompt_turns(Prompt(text=text, messages=messages))
     ]
     return AssignmentDisplay(
-        comparison_id=comparison.pk,
+        comparison_id=assignment.comparison_id,
         shown_left=assignment.shown_left,
         turns=turns,
-        left_html=render_markdown(left.text),
-        right_html=render_markdown(right.text),
+        left_html=render_markdown(left),
+        right_html=render_markdown(right),
     )

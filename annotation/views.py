@@ -177,9 +177,9 @@ def label_next(request: HttpRequest, project: Project, body: dict) -> JsonRespon
         raise BadRequest("exclude must hold comparison ids (whole numbers).", "exclude")
     shown = _int(body, "shown", required=False)
     if shown is not None:
-        held = queue.held_leases(project=project, annotator=request.user).filter(comparison_id=shown).first()
-        if held is not None:
-            queue.assignment_mark_shown(assignment=held)
+        queue.held_leases(project=project, annotator=request.user).filter(
+            comparison_id=shown, first_shown_at__isnull=True
+        ).update(first_shown_at=timezone.now())
     assignment = queue.assignment_next(project=project, annotator=request.user, exclude_ids=exclude)
     payload = None
     if assignment is not None:
