@@ -129,6 +129,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # other's writes with "database is locked" instead of waiting a moment.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+elif env_bool("DATABASE_JIT_OFF", True):
+    # PostgreSQL compiles a statement to machine code (JIT) once its estimated cost passes a
+    # threshold that any statement over ~100,000 rows reaches; the compiling takes 0.1-0.5 s, more
+    # than running the statement. The label-statistics triggers run such statements on every
+    # import (they took a 100,000-pair import from 3.8 to 5 s of database time), and no statement
+    # of this app runs long enough to repay the compiling.
+    options = DATABASES["default"].setdefault("OPTIONS", {})
+    options["options"] = (options.get("options", "") + " -c jit=off").strip()
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
