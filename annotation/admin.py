@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.db.models import Count
 from django.utils import timezone
 
+from annotation import services
 from annotation.models import Assignment, Comparison, Membership, Preference, Project, Prompt, Response
 
 
@@ -30,6 +31,13 @@ class ProjectAdmin(admin.ModelAdmin):
     prepopulated_fields = {"slug": ["name"]}
     readonly_fields = ["created_at"]
     inlines = [MembershipInline]
+
+    def delete_model(self, request, obj):
+        services.project_delete(project=obj)
+
+    def delete_queryset(self, request, queryset):
+        for project in queryset:
+            services.project_delete(project=project)
 
     def get_queryset(self, request):
         # Two counts in the list query instead of two queries per row.

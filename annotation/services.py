@@ -62,6 +62,29 @@ def project_update(*, project: Project, **fields) -> Project:
     return project
 
 
+# The tables that grow with a project's data, children first: project_delete empties them with
+# one statement each before the rest goes the usual way.
+_PROJECT_DATA = (
+    ("annotation_assignment", "project_id = %s"),
+    ("annotation_preference", "project_id = %s"),
+    ("annotation_comparison", "project_id = %s"),
+    ("annotation_response", "prompt_id IN (SELECT id FROM annotation_prompt WHERE project_id = %s)"),
+    ("annotation_prompt", "project_id = %s"),
+)
+
+
+@transaction.atomic
+def project_delete(*, project: Project) -> None:
+    """Deletes a project and everything in it. Django's cascade deletes related rows 100 at a time
+    (a statement each, and each statement runs the label-statistics triggers), which took minutes
+    for a project of 100,000 labelled pairs; the data tables go first here, a statement per table,
+    and the cascade then has only the small rest (memberships, training runs, model versions)."""
+    with connection.cursor() as cursor:
+        for table, where in _PROJECT_DATA:
+            cursor.execute(f"DELETE FROM {table} WHERE {where}", [project.pk])
+    project.delete()
+
+
 @transaction.atomic
 def membership_set(*, project: Project, user, role: str = Role.ANNOTATOR) -> Membership:
     membership, _ = Membership.objects.update_or_create(project=project, user=user, defaults={"role": role})

@@ -42,6 +42,7 @@ def main() -> None:
     database_url = os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB)
     setup_django(database_url)
     from annotation.models import Preference, Project
+    from annotation.services import project_delete
 
     slug = f"bench-import-{int(time.time())}"
     Project.objects.create(name="Import benchmark", slug=slug)
@@ -96,8 +97,7 @@ def main() -> None:
         f"load average before: {load_before}, after: {load_average()}"
     )
     started = time.perf_counter()
-    Preference.objects.filter(project=project).delete()
-    project.delete()
+    project_delete(project=project)
     print(f"(bench project deleted in {time.perf_counter() - started:.0f} s)")
 
 

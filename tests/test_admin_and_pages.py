@@ -55,6 +55,19 @@ def test_every_admin_page_of_every_model_opens_for_staff(client, staff, populate
         assert client.get(change).status_code == 200, change
 
 
+def test_staff_delete_a_project_with_its_data_in_the_admin(client, staff, project, populated):
+    from annotation.models import Comparison, Preference, Project
+
+    client.force_login(staff)
+    url = reverse("admin:annotation_project_delete", args=[project.pk])
+    assert client.get(url).status_code == 200
+    assert client.post(url, {"post": "yes"}).status_code == 302
+    assert not Project.objects.filter(pk=project.pk).exists()
+    assert not Comparison.objects.filter(project_id=project.pk).exists()
+    assert not Preference.objects.filter(project_id=project.pk).exists()
+    assert not ModelVersion.objects.filter(project_id=project.pk).exists()
+
+
 def test_the_admin_is_closed_to_annotators(client, annotator):
     client.force_login(annotator)
     response = client.get(reverse("admin:annotation_preference_changelist"))

@@ -345,3 +345,42 @@ def test_a_truncate_which_fires_no_delete_trigger_counts_the_aggregates_again(pr
         for table in aggregates.STATS_TABLES:
             cursor.execute(f"SELECT COUNT(*) FROM {table}")
             assert cursor.fetchone()[0] == 0, table
+
+
+def test_project_delete_empties_the_project_in_bulk_and_keeps_the_others_aggregates(project):
+    from annotation.models import Assignment
+    from annotation.services import project_delete
+    from tests.factories import ProjectFactory
+
+    rng = random.Random(7)
+    users = [UserFactory() for _ in range(4)]
+    other = ProjectFactory()
+    doomed = [make_comparison(project=project) for _ in range(6)]
+    kept = [make_comparison(project=other) for _ in range(6)]
+    Preference.objects.bulk_create(random_labels(project, doomed, users, rng, 12))
+    Preference.objects.bulk_create(random_labels(other, kept, users, rng, 12))
+    now = timezone.now()
+    Assignment.objects.create(
+        project=project,
+        comparison=doomed[0],
+        annotator=users[0],
+        shown_left="a",
+        leased_at=now,
+        expires_at=now + timedelta(minutes=5),
+    )
+    kept_counts = (Prompt.objects.filter(project=other).count(), Preference.objects.filter(project=other).count())
+
+    project_id = project.pk
+    project_delete(project=project)
+
+    assert not Project.objects.filter(pk=project_id).exists()
+    for model in (Prompt, Comparison, Preference, Assignment):
+        assert not model.objects.filter(project_id=project_id).exists(), model.__name__
+    assert not Response.objects.filter(prompt__project_id=project_id).exists()
+    assert (Prompt.objects.filter(project=other).count(), Preference.objects.filter(project=other).count()) == (
+        kept_counts
+    )
+    assert kept_counts[1] == 12
+    for table in ("annotation_stats_comparison", "annotation_stats_annotator_day", "annotation_stats_agreement"):
+        assert fetch(f"SELECT count(*) FROM {table} WHERE project_id = {project_id}") == [(0,)], table
+    assert_aggregates_match()
