@@ -76,10 +76,17 @@ _PROJECT_DATA = (
 @transaction.atomic
 def project_delete(*, project: Project) -> None:
     """Deletes a project and everything in it. Django's cascade deletes related rows 100 at a time
-    (a statement each, and each statement runs the label-statistics triggers), which took minutes
-    for a project of 100,000 labelled pairs; the data tables go first here, a statement per table,
-    and the cascade then has only the small rest (memberships, training runs, model versions)."""
+    (a statement each, and each statement runs the label-statistics triggers); the data tables go
+    first here, a statement per table, and the cascade then has only the small rest (memberships,
+    training runs, model versions).
+
+    Each deleted row is checked against the composite foreign keys that point at it, by a query
+    PostgreSQL plans once from the table statistics. Right after a large import those statistics
+    are stale, and the plan then reads every row of the project's index entries per deleted row:
+    30,000 pairs took 28 s to delete, 2.7 s after ANALYZE. So the tables are analysed first."""
     with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"ANALYZE {', '.join(table for table, _ in _PROJECT_DATA)}")
         for table, where in _PROJECT_DATA:
             cursor.execute(f"DELETE FROM {table} WHERE {where}", [project.pk])
     project.delete()
