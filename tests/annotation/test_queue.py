@@ -329,7 +329,7 @@ def test_a_different_answer_to_a_labelled_comparison_is_refused(project, annotat
 def test_a_submit_for_a_comparison_not_leased_to_the_annotator_is_refused(project, annotator):
     comparison = make_comparison(project=project)
     lease(project, colleague(project))
-    for comparison_id in (comparison.pk, make_comparison().pk, 10**9):
+    for comparison_id in (comparison.pk, make_comparison().pk, 10**9, 2**63, -(2**63) - 1, 10**30):
         with pytest.raises(QueueError) as refused:
             submit(project, annotator, comparison_id)
         assert refused.value.code == "not_leased"
