@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from ppo_bench import paired_gain  # bench/ is on sys.path when a bench script runs
+
 ROOT = Path(__file__).resolve().parents[1]
 HH = ROOT.parent / "shared" / "data" / "hh-harmless-dev.jsonl"
 N_TRAIN_PROMPTS, N_EVAL_PROMPTS = 64, 32
@@ -78,44 +80,21 @@ def reward_model(out: Path, train: Path, held: Path) -> Path:
 
 def evaluate_start(policy_dir: str, rm: Path, eval_prompts: Path) -> dict:
     """The starting policy on the evaluation prompts, exactly as the PPO command evaluates its result."""
-    import torch
-
     from training.ml.checkpoint import load_reward_model
-    from training.ml.cli_ppo import read_prompts
+    from training.ml.cli_ppo import read_prompts, set_threads
     from training.ml.policy import load_policy
     from training.ml.ppo import reward_model_fn
     from training.ml.ppo_config import PPOConfig
-    from training.ml.ppo_eval import evaluate_policy
+    from training.ml.ppo_eval import evaluate_as_configured
 
     cfg = PPOConfig()
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), round(torch.get_num_threads() - os.getloadavg()[0]))))
+    set_threads(cfg.threads)  # as the PPO command picks them
     policy, tokenizer = load_policy(policy_dir)
     reference, _ = load_policy(policy_dir)
     score, _, _ = reward_model_fn(load_reward_model(rm), cfg.forward_batch_size)
     prompts, _ = read_prompts(str(eval_prompts))
-    metrics, details = evaluate_policy(
-        policy,
-        tokenizer,
-        reference,
-        score,
-        prompts,
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        max_prompt_tokens=cfg.max_prompt_tokens,
-        chat_template=cfg.chat_template,
-        stop_tokens=cfg.stop_tokens,
-        batch_size=cfg.forward_batch_size,
-        seed=cfg.eval_seed,
-    )
+    metrics, details = evaluate_as_configured(cfg, policy, tokenizer, reference, score, prompts)
     return {**metrics, "scores": details["scores"], "seconds": details["seconds"]}
-
-
-def paired(after: list[float], before: list[float]) -> tuple[float, float]:
-    diffs = [a - b for a, b in zip(after, before, strict=True)]
-    n = len(diffs)
-    mean = sum(diffs) / n
-    sd = (sum((d - mean) ** 2 for d in diffs) / (n - 1)) ** 0.5
-    return mean, sd / n**0.5
 
 
 def main() -> int:
@@ -172,7 +151,7 @@ def main() -> int:
         metrics = json.loads(done.stdout)
         meta = json.loads((run_out / "metadata.json").read_text())
         history = [json.loads(line) for line in (run_out / "metrics.jsonl").read_text().splitlines()]
-        gain, gain_se = paired(meta["evaluation"]["scores"], start["scores"])
+        gain, gain_se = paired_gain(meta["evaluation"]["scores"], start["scores"])
         row = {
             "seed": seed,
             "wall_seconds": seconds,

@@ -67,7 +67,7 @@ from .ppo_core import (
     rewards_with_kl,
     value_loss,
 )
-from .ppo_eval import evaluate_policy
+from .ppo_eval import evaluate_as_configured
 
 RewardFn = Callable[[list[Any], list[str], list[bool]], list[float]]  # (prompts, texts, finished) -> raw scores
 ProgressFn = Callable[[int, int, float | None, float | None], None]  # (iteration, total, loss, eta_seconds)
@@ -462,21 +462,7 @@ def train(
             phase("evaluate")
         if before_iteration:
             before_iteration(cfg.iterations)
-        eval_metrics, evaluation = evaluate_policy(
-            policy,
-            tokenizer,
-            reference,
-            reward_fn,
-            eval_prompts,
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            max_prompt_tokens=cfg.max_prompt_tokens,
-            chat_template=cfg.chat_template,
-            stop_tokens=cfg.stop_tokens,
-            batch_size=cfg.forward_batch_size,
-            seed=cfg.eval_seed,
-            time_limit_s=cfg.eval_time_limit_s,
-        )
+        eval_metrics, evaluation = evaluate_as_configured(cfg, policy, tokenizer, reference, reward_fn, eval_prompts)
         metrics = {**metrics, **eval_metrics}
 
     # 15. the final policy

@@ -71,6 +71,28 @@ def mean_confidence_interval(values: list[float], level: float = 0.95) -> tuple[
     return mean, mean - half, mean + half
 
 
+def evaluate_as_configured(
+    cfg: Any, policy: Any, tokenizer: Any, reference: Any, reward_fn: Callable, prompts: list[Any]
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """evaluate_policy with the sampling settings, batch size, seed and time limit of a PPOConfig: the
+    evaluation every PPO run gives its final policy."""
+    return evaluate_policy(
+        policy,
+        tokenizer,
+        reference,
+        reward_fn,
+        prompts,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        max_prompt_tokens=cfg.max_prompt_tokens,
+        chat_template=cfg.chat_template,
+        stop_tokens=cfg.stop_tokens,
+        batch_size=cfg.forward_batch_size,
+        seed=cfg.eval_seed,
+        time_limit_s=cfg.eval_time_limit_s,
+    )
+
+
 @torch.no_grad()
 def evaluate_policy(
     policy: Any,
