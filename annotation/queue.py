@@ -45,7 +45,6 @@ from annotation.models import (
     Assignment,
     AssignmentStatus,
     Choice,
-    Comparison,
     Membership,
     Preference,
     Project,
@@ -226,10 +225,19 @@ def _take_sqlite_write_lock() -> None:
         cursor.execute("UPDATE annotation_assignment SET status = status WHERE 1 = 0")
 
 
-def _lock_comparison(*, project: Project, comparison_id: int) -> Comparison | None:
+def _lock_comparison(*, project: Project, comparison_id: int) -> bool:
+    """Locks the project's comparison with this id (on SQLite, the database's write lock) and says
+    whether there is one. Statements after it see every write committed before the lock was held."""
+    if not -(2**63) <= comparison_id < 2**63:  # no such id: bigint holds them all
+        return False
     if connection.vendor == "sqlite":
         _take_sqlite_write_lock()
-    return Comparison.objects.select_for_update().filter(pk=comparison_id, project=project).first()
+    sql = "SELECT id FROM annotation_comparison WHERE id = %s AND project_id = %s"
+    if connection.vendor == "postgresql":
+        sql += " FOR UPDATE"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [comparison_id, project.pk])
+        return cursor.fetchone() is not None
 
 
 def _lease_one(*, project: Project, annotator, now: datetime, gold: bool, held: list[int]) -> int | None:
@@ -358,7 +366,6 @@ def _check_answer(
         raise QueueError(INVALID, "shown_left must be a or b.", "shown_left")
 
 
-_LOCK_COMPARISON = "SELECT id FROM annotation_comparison WHERE id = %(id)s AND project_id = %(project)s FOR UPDATE"
 # What a submit needs to know about the comparison, read under its lock in one statement: whether
 # it is gold, its label count, whether this annotator labelled it, and their assignment of it.
 _SUBMIT_STATE = """
@@ -399,10 +406,8 @@ def preference_submit(
     # The row lock orders this against leases of the same comparison and against a second submit
     # of it, which then finds this one's label and answers as a retry. The state is read by a
     # second statement: one that waited for the lock would still read the snapshot from before.
-    if not -(2**63) <= comparison_id < 2**63:  # no such id: bigint holds them all
+    if not _lock_comparison(project=project, comparison_id=comparison_id):
         raise QueueError(NOT_LEASED, f"Comparison {comparison_id} is not assigned to you in this project.")
-    if connection.vendor == "sqlite":
-        _take_sqlite_write_lock()
     params = {
         "id": comparison_id,
         "project": project.pk,
@@ -410,13 +415,8 @@ def preference_submit(
         "now": connection.ops.adapt_datetimefield_value(now),
     }
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(_LOCK_COMPARISON, params)
         cursor.execute(_SUBMIT_STATE, params)
-        row = cursor.fetchone()
-    if row is None:
-        raise QueueError(NOT_LEASED, f"Comparison {comparison_id} is not assigned to you in this project.")
-    is_gold, label_count, labelled, assignment_id, status, leased_left, expired = row
+        is_gold, label_count, labelled, assignment_id, status, leased_left, expired = cursor.fetchone()
 
     if labelled:
         existing = Preference.objects.get(comparison_id=comparison_id, annotator=annotator)
@@ -487,8 +487,9 @@ def assignment_skip(
         raise QueueError(INVALID, f"The reason is longer than {MAX_SKIP_REASON_CHARS} characters.", "reason")
     if "\x00" in reason:
         raise QueueError(INVALID, "The reason contains a NUL character.", "reason")
-    comparison = _lock_comparison(project=project, comparison_id=comparison_id)
-    assignment = Assignment.objects.filter(comparison=comparison, annotator=annotator).first() if comparison else None
+    assignment = None
+    if _lock_comparison(project=project, comparison_id=comparison_id):
+        assignment = Assignment.objects.filter(comparison_id=comparison_id, annotator=annotator).first()
     if assignment is None:
         raise QueueError(NOT_LEASED, f"Comparison {comparison_id} is not assigned to you in this project.")
     if assignment.status == AssignmentStatus.SKIPPED:
