@@ -12,7 +12,8 @@ from annotation.models import Role
 from tests.factories import MembershipFactory, ProjectFactory, UserFactory
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# Real human preference data (HH-RLHF and others), kept beside the checkout, not in it.
+SHARED_DATA = Path(os.environ.get("RLHF_TEST_DATA") or ROOT.parent / "shared" / "data")
 
 
 def pytest_configure(config):
@@ -60,7 +61,10 @@ def staff(db):
 def hh_path() -> Path:
     path = SHARED_DATA / "hh-harmless-dev.jsonl"
     if not path.exists():
-        pytest.fail(f"{path} is missing: the suite expects ../shared/data beside the checkout")
+        pytest.fail(
+            f"{path} is missing: the suite reads real preference data from ../shared/data beside the "
+            "checkout; set RLHF_TEST_DATA to the folder that holds hh-harmless-dev.jsonl"
+        )
     return path
 
 
