@@ -52,6 +52,7 @@ from annotation.models import (
     Side,
     Strength,
 )
+from config import prepared
 
 NOT_LEASED = "not_leased"
 ALREADY_LABELLED = "already_labelled"
@@ -81,7 +82,9 @@ class QueueError(Exception):
 # Leasing -----------------------------------------------------------------------------------------
 
 # The leasing query. It is written out in SQL rather than built with the ORM because it runs
-# twice on every "next" request and building it costs more than running it. Its WHERE clause is
+# twice on every "next" request and building it costs more than running it; on PostgreSQL it runs
+# as a prepared statement (config.prepared), as do the other statements of every labelling
+# request, because planning it cost more than running it too. Its WHERE clause is
 # the queue's rules; its ORDER BY is the comparison_queue_order index, which PostgreSQL walks from
 # the top, checking each row's subqueries, until a row passes and can be locked.
 _CANDIDATES = """
@@ -128,14 +131,19 @@ def _pick(
     passing over rows other requests hold locked; with `wait`, the first such row whether locked
     or not, waiting for its lock (PostgreSQL)."""
     params = _params(project=project, annotator=annotator, now=now, gold=gold)
-    only = ""
-    if rejected:
-        only = "AND c.id NOT IN (" + ", ".join(str(int(pk)) for pk in rejected) + ")"
-    sql = _candidate_sql(gold=gold, only=only) + _ORDER
-    if connection.vendor == "postgresql" and not wait:
-        sql += " FOR UPDATE OF c SKIP LOCKED"
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        if connection.vendor == "postgresql":
+            # One text for any list of passed-over rows, so that it is prepared once.
+            sql = _candidate_sql(gold=gold, only="AND c.id <> ALL(%(rejected)s)") + _ORDER
+            if not wait:
+                sql += " FOR UPDATE OF c SKIP LOCKED"
+            name = f"rlhf_pick_{'gold' if gold else 'regular'}{'_wait' if wait else ''}"
+            prepared.execute(cursor, name, sql, params | {"rejected": [int(pk) for pk in rejected]})
+        else:
+            only = ""
+            if rejected:
+                only = "AND c.id NOT IN (" + ", ".join(str(int(pk)) for pk in rejected) + ")"
+            cursor.execute(_candidate_sql(gold=gold, only=only) + _ORDER, params)
         row = cursor.fetchone()
         if row and wait:
             # Waits for that one row only. A locking walk would keep the lock of every row it
@@ -149,7 +157,8 @@ def _pick(
 def _still_open(*, project: Project, annotator, now: datetime, gold: bool, comparison_id: int) -> bool:
     params = _params(project=project, annotator=annotator, now=now, gold=gold) | {"id": comparison_id}
     with connection.cursor() as cursor:
-        cursor.execute(_candidate_sql(gold=gold, only="AND c.id = %(id)s"), params)
+        name = f"rlhf_still_open_{'gold' if gold else 'regular'}"
+        prepared.execute(cursor, name, _candidate_sql(gold=gold, only="AND c.id = %(id)s"), params)
         return cursor.fetchone() is not None
 
 
@@ -170,11 +179,18 @@ ORDER BY leased_at, id LIMIT 1
 def held_lease(*, project: Project, annotator, now: datetime, exclude_ids=()) -> Assignment | None:
     """The annotator's oldest live lease in this project on a comparison not in `exclude_ids`
     (held_leases(...).exclude(...).first(), written out: it runs on every "next" request)."""
-    exclude = ""
-    if exclude_ids:
-        exclude = "AND comparison_id NOT IN (" + ", ".join(str(int(pk)) for pk in exclude_ids) + ")"
     params = [project.pk, annotator.pk, connection.ops.adapt_datetimefield_value(now)]
-    return next(iter(Assignment.objects.raw(_HELD_LEASE.format(exclude=exclude), params)), None)
+    if connection.vendor == "postgresql":
+        params.append([int(pk) for pk in exclude_ids])
+        sql, params = prepared.statement(
+            "rlhf_held_lease", _HELD_LEASE.format(exclude="AND comparison_id <> ALL(%s)"), params
+        )
+    else:
+        exclude = ""
+        if exclude_ids:
+            exclude = "AND comparison_id NOT IN (" + ", ".join(str(int(pk)) for pk in exclude_ids) + ")"
+        sql = _HELD_LEASE.format(exclude=exclude)
+    return next(iter(Assignment.objects.raw(sql, params)), None)
 
 
 def held_leases(*, project: Project, annotator, now: datetime | None = None) -> QuerySet[Assignment]:
@@ -192,7 +208,8 @@ def project_to_label(*, user, slug: str) -> Project | None:
     if not user.is_authenticated or not user.is_active:
         return None
     # Raw SQL for the reason given at _CANDIDATES: every labelling request starts with this look-up.
-    return next(iter(Project.objects.raw(_PROJECT_TO_LABEL, [slug, user.pk])), None)
+    sql, params = prepared.statement("rlhf_project_to_label", _PROJECT_TO_LABEL, [slug, user.pk])
+    return next(iter(Project.objects.raw(sql, params)), None)
 
 
 def labelling_project_ids(*, user) -> set[int]:
@@ -236,7 +253,7 @@ def _lock_comparison(*, project: Project, comparison_id: int) -> bool:
     if connection.vendor == "postgresql":
         sql += " FOR UPDATE"
     with connection.cursor() as cursor:
-        cursor.execute(sql, [comparison_id, project.pk])
+        prepared.execute(cursor, "rlhf_lock_comparison", sql, [comparison_id, project.pk])
         return cursor.fetchone() is not None
 
 
@@ -319,7 +336,9 @@ def assignment_next(
     # An expired lease of theirs on the same comparison is renewed in place, in the same statement.
     adapt = connection.ops.adapt_datetimefield_value
     with connection.cursor() as cursor:
-        cursor.execute(
+        prepared.execute(
+            cursor,
+            "rlhf_lease",
             _LEASE,
             [project.pk, comparison_id, annotator.pk, assignment.shown_left, adapt(now), adapt(assignment.expires_at)],
         )
@@ -378,6 +397,14 @@ LEFT JOIN annotation_assignment a ON a.comparison_id = c.id AND a.annotator_id =
 WHERE c.id = %(id)s AND c.project_id = %(project)s
 """
 
+_INSERT_LABEL = """
+INSERT INTO annotation_preference
+  (project_id, comparison_id, annotator_id, choice, strength, rationale, shown_left, time_spent_ms, created_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id
+"""
+_COUNT_LABEL = "UPDATE annotation_comparison SET label_count = label_count + 1 WHERE id = %s"
+_SUBMITTED = f"UPDATE annotation_assignment SET status = '{AssignmentStatus.SUBMITTED.value}' WHERE id = %s"
+
 
 @transaction.atomic
 def preference_submit(
@@ -415,7 +442,7 @@ def preference_submit(
         "now": connection.ops.adapt_datetimefield_value(now),
     }
     with connection.cursor() as cursor:
-        cursor.execute(_SUBMIT_STATE, params)
+        prepared.execute(cursor, "rlhf_submit_state", _SUBMIT_STATE, params)
         is_gold, label_count, labelled, assignment_id, status, leased_left, expired = cursor.fetchone()
 
     if labelled:
@@ -461,16 +488,35 @@ def preference_submit(
         rationale=rationale,
         shown_left=leased_left,
         time_spent_ms=time_spent_ms,
+        created_at=timezone.now(),
     )
     # No full_clean(): _check_answer validated every field the caller sent, the checks above
     # settled the keys and the one-label rule under the lock, and the database enforces them all
-    # again. full_clean() would add a query per foreign key and per check constraint.
-    preference.save()
+    # again. full_clean() would add a query per foreign key and per check constraint. The INSERT
+    # is written out (preference.save()) so that it is prepared like the rest.
+    adapt = connection.ops.adapt_datetimefield_value
     with connection.cursor() as cursor:
-        cursor.execute("UPDATE annotation_comparison SET label_count = label_count + 1 WHERE id = %s", [comparison_id])
-        cursor.execute(
-            "UPDATE annotation_assignment SET status = %s WHERE id = %s", [AssignmentStatus.SUBMITTED, assignment_id]
+        prepared.execute(
+            cursor,
+            "rlhf_insert_label",
+            _INSERT_LABEL,
+            [
+                project.pk,
+                comparison_id,
+                annotator.pk,
+                choice,
+                strength,
+                rationale,
+                leased_left,
+                time_spent_ms,
+                adapt(preference.created_at),
+            ],
         )
+        preference.pk = cursor.fetchone()[0]
+    preference._state.adding = False
+    with connection.cursor() as cursor:
+        prepared.execute(cursor, "rlhf_count_label", _COUNT_LABEL, [comparison_id])
+        prepared.execute(cursor, "rlhf_assignment_submitted", _SUBMITTED, [assignment_id])
     return preference, True
 
 
@@ -559,7 +605,7 @@ def assignment_display(*, assignment: Assignment) -> AssignmentDisplay:
     """Everything the page needs to show a leased comparison, rendered and sanitised. Says nothing
     about gold status, response sources or which response is a or b."""
     with connection.cursor() as cursor:
-        cursor.execute(_DISPLAY, [assignment.comparison_id])
+        prepared.execute(cursor, "rlhf_display", _DISPLAY, [assignment.comparison_id])
         text, messages, first, second = cursor.fetchone()
     messages = Prompt._meta.get_field("messages").from_db_value(messages, None, connection)
     left, right = (first, second) if assignment.shown_left == Side.A else (second, first)
