@@ -140,6 +140,10 @@ elif env_bool("DATABASE_JIT_OFF", True):
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# config.auth.Backend is Django's ModelBackend with a faster per-request look-up; Django's own stays
+# listed for sessions that it logged in (see the class).
+AUTHENTICATION_BACKENDS = ["config.auth.Backend", "django.contrib.auth.backends.ModelBackend"]
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -185,6 +189,8 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
+# Django's database sessions, with the per-request look-up prepared (config/sessions.py).
+SESSION_ENGINE = "config.sessions"
 # Content-Security-Policy and Permissions-Policy come from config.security; a directive here
 # replaces its default there, e.g. {"img-src": "'self' data: https://cdn.example"}.
 CONTENT_SECURITY_POLICY: dict[str, str] = {}
