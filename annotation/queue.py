@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import connection, transaction
-from django.db.models import Count, F, Q, QuerySet
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from annotation.markdown import render_markdown
@@ -178,7 +178,7 @@ ORDER BY leased_at, id LIMIT 1
 
 def held_lease(*, project: Project, annotator, now: datetime, exclude_ids=()) -> Assignment | None:
     """The annotator's oldest live lease in this project on a comparison not in `exclude_ids`
-    (held_leases(...).exclude(...).first(), written out: it runs on every "next" request)."""
+    (written out in SQL and prepared: it runs on every "next" request)."""
     params = [project.pk, annotator.pk, connection.ops.adapt_datetimefield_value(now)]
     if connection.vendor == "postgresql":
         params.append([int(pk) for pk in exclude_ids])
@@ -191,14 +191,6 @@ def held_lease(*, project: Project, annotator, now: datetime, exclude_ids=()) ->
             exclude = "AND comparison_id NOT IN (" + ", ".join(str(int(pk)) for pk in exclude_ids) + ")"
         sql = _HELD_LEASE.format(exclude=exclude)
     return next(iter(Assignment.objects.raw(sql, params)), None)
-
-
-def held_leases(*, project: Project, annotator, now: datetime | None = None) -> QuerySet[Assignment]:
-    """The annotator's live leases in this project, oldest first."""
-    now = now or timezone.now()
-    return Assignment.objects.filter(
-        project=project, annotator=annotator, status=AssignmentStatus.LEASED, expires_at__gt=now
-    ).order_by("leased_at", "id")
 
 
 def project_to_label(*, user, slug: str) -> Project | None:
@@ -351,6 +343,24 @@ def assignment_next(
         with connection.cursor() as cursor:
             cursor.execute("SET LOCAL synchronous_commit = off")
     return assignment
+
+
+_MARK_SHOWN = """
+UPDATE annotation_assignment SET first_shown_at = %s
+WHERE project_id = %s AND annotator_id = %s AND comparison_id = %s
+  AND status = 'leased' AND expires_at > %s AND first_shown_at IS NULL
+"""
+
+
+def lease_mark_shown(*, project: Project, annotator, comparison_id: int, now: datetime | None = None) -> None:
+    """Records that the comparison the annotator holds a live lease on is now on their screen (the
+    page says so in its next request); an unknown id, another's lease or a second call change
+    nothing."""
+    if not -(2**63) <= comparison_id < 2**63:  # no such id: bigint holds them all
+        return
+    now = connection.ops.adapt_datetimefield_value(now or timezone.now())
+    with connection.cursor() as cursor:
+        prepared.execute(cursor, "rlhf_mark_shown", _MARK_SHOWN, [now, project.pk, annotator.pk, comparison_id, now])
 
 
 def assignment_mark_shown(*, assignment: Assignment, now: datetime | None = None) -> None:

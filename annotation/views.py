@@ -177,9 +177,7 @@ def label_next(request: HttpRequest, project: Project, body: dict) -> JsonRespon
         raise BadRequest("exclude must hold comparison ids (whole numbers).", "exclude")
     shown = _int(body, "shown", required=False)
     if shown is not None:
-        queue.held_leases(project=project, annotator=request.user).filter(
-            comparison_id=shown, first_shown_at__isnull=True
-        ).update(first_shown_at=timezone.now())
+        queue.lease_mark_shown(project=project, annotator=request.user, comparison_id=shown)
     assignment = queue.assignment_next(project=project, annotator=request.user, exclude_ids=exclude)
     payload = None
     if assignment is not None:

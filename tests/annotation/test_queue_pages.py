@@ -9,8 +9,9 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from annotation.models import Assignment, Comparison, Preference
-from tests.factories import MembershipFactory, PromptFactory, ResponseFactory, make_comparison
+from annotation import queue
+from annotation.models import Assignment, Comparison, Preference, Role
+from tests.factories import MembershipFactory, PromptFactory, ResponseFactory, UserFactory, make_comparison
 
 pytestmark = pytest.mark.django_db
 
@@ -97,6 +98,31 @@ def test_next_prefetches_another_comparison_and_records_the_one_now_shown(member
     post(member, urls(project)["next"], {"exclude": [prefetched["comparison_id"]], "shown": held.comparison_id})
     held.refresh_from_db()
     assert held.first_shown_at is not None
+
+
+def test_shown_marks_only_the_callers_own_live_lease_once(member, project, annotator):
+    make_comparison(project=project)
+    make_comparison(project=project)
+    member.get(urls(project)["page"])
+    mine = Assignment.objects.get(annotator=annotator)
+    other = UserFactory()
+    MembershipFactory(project=project, user=other, role=Role.ANNOTATOR)
+    theirs = queue.assignment_next(project=project, annotator=other, exclude_ids=[mine.comparison_id])
+    assert theirs.comparison_id != mine.comparison_id
+    Assignment.objects.filter(pk=mine.pk).update(first_shown_at=None)
+    for shown in (theirs.comparison_id, 2**63, -(2**63) - 1, 999_999_999):
+        response = post(member, urls(project)["next"], {"exclude": [mine.comparison_id], "shown": shown})
+        assert response.status_code == 200
+    theirs.refresh_from_db()
+    mine.refresh_from_db()
+    assert theirs.first_shown_at is None and mine.first_shown_at is None
+    post(member, urls(project)["next"], {"exclude": [mine.comparison_id], "shown": mine.comparison_id})
+    mine.refresh_from_db()
+    first = mine.first_shown_at
+    assert first is not None
+    post(member, urls(project)["next"], {"exclude": [mine.comparison_id], "shown": mine.comparison_id})
+    mine.refresh_from_db()
+    assert mine.first_shown_at == first
 
 
 def test_next_answers_null_when_the_queue_is_empty(member, project):
