@@ -234,10 +234,16 @@ def _take_sqlite_write_lock() -> None:
         cursor.execute("UPDATE annotation_assignment SET status = status WHERE 1 = 0")
 
 
+def _fits_bigint(comparison_id: int) -> bool:
+    """Whether the id could be a row's at all (bigint holds them all): a bigger one would make the
+    database refuse the statement instead of matching nothing."""
+    return -(2**63) <= comparison_id < 2**63
+
+
 def _lock_comparison(*, project: Project, comparison_id: int) -> bool:
     """Locks the project's comparison with this id (on SQLite, the database's write lock) and says
     whether there is one. Statements after it see every write committed before the lock was held."""
-    if not -(2**63) <= comparison_id < 2**63:  # no such id: bigint holds them all
+    if not _fits_bigint(comparison_id):
         return False
     if connection.vendor == "sqlite":
         _take_sqlite_write_lock()
@@ -356,7 +362,7 @@ def lease_mark_shown(*, project: Project, annotator, comparison_id: int, now: da
     """Records that the comparison the annotator holds a live lease on is now on their screen (the
     page says so in its next request); an unknown id, another's lease or a second call change
     nothing."""
-    if not -(2**63) <= comparison_id < 2**63:  # no such id: bigint holds them all
+    if not _fits_bigint(comparison_id):
         return
     now = connection.ops.adapt_datetimefield_value(now or timezone.now())
     with connection.cursor() as cursor:
@@ -407,11 +413,21 @@ LEFT JOIN annotation_assignment a ON a.comparison_id = c.id AND a.annotator_id =
 WHERE c.id = %(id)s AND c.project_id = %(project)s
 """
 
-_INSERT_LABEL = """
-INSERT INTO annotation_preference
-  (project_id, comparison_id, annotator_id, choice, strength, rationale, shown_left, time_spent_ms, created_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id
-"""
+_LABEL_COLUMNS = (
+    "project_id",
+    "comparison_id",
+    "annotator_id",
+    "choice",
+    "strength",
+    "rationale",
+    "shown_left",
+    "time_spent_ms",
+    "created_at",
+)
+_INSERT_LABEL = (
+    f"INSERT INTO annotation_preference ({', '.join(_LABEL_COLUMNS)}) "
+    f"VALUES ({', '.join(['%s'] * len(_LABEL_COLUMNS))}) RETURNING id"
+)
 _COUNT_LABEL = "UPDATE annotation_comparison SET label_count = label_count + 1 WHERE id = %s"
 _SUBMITTED = f"UPDATE annotation_assignment SET status = '{AssignmentStatus.SUBMITTED.value}' WHERE id = %s"
 
@@ -504,27 +520,12 @@ def preference_submit(
     # settled the keys and the one-label rule under the lock, and the database enforces them all
     # again. full_clean() would add a query per foreign key and per check constraint. The INSERT
     # is written out (preference.save()) so that it is prepared like the rest.
-    adapt = connection.ops.adapt_datetimefield_value
+    values = [getattr(preference, column) for column in _LABEL_COLUMNS]
+    values[-1] = connection.ops.adapt_datetimefield_value(values[-1])  # created_at
     with connection.cursor() as cursor:
-        prepared.execute(
-            cursor,
-            "rlhf_insert_label",
-            _INSERT_LABEL,
-            [
-                project.pk,
-                comparison_id,
-                annotator.pk,
-                choice,
-                strength,
-                rationale,
-                leased_left,
-                time_spent_ms,
-                adapt(preference.created_at),
-            ],
-        )
+        prepared.execute(cursor, "rlhf_insert_label", _INSERT_LABEL, values)
         preference.pk = cursor.fetchone()[0]
-    preference._state.adding = False
-    with connection.cursor() as cursor:
+        preference._state.adding = False
         prepared.execute(cursor, "rlhf_count_label", _COUNT_LABEL, [comparison_id])
         prepared.execute(cursor, "rlhf_assignment_submitted", _SUBMITTED, [assignment_id])
     return preference, True
