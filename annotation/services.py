@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import gc
 import hashlib
 import itertools
 import json
+import queue
 import random
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -16,7 +21,7 @@ from django.db.models import Count, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from annotation.jsonl import ImportFileError, Record
+from annotation.jsonl import DEFAULT_MAX_LINE_BYTES, ImportFileError, LineError, OversizedLine, Record, parse_line
 from annotation.models import Choice, Comparison, Membership, Preference, Project, Prompt, Response, Role, content_hash
 
 IMPORTED_ANNOTATOR_PREFIX = "import:"
@@ -193,15 +198,28 @@ def _why_unstorable(r: Record) -> str | None:
     return None
 
 
-def _digests(records: list[Record]) -> tuple[list[str], list[list[str]]]:
-    """Each record's prompt digest (content_hash) and its responses' digests.
+@dataclass
+class ImportChunk:
+    """Records checked and ready to write, with each one's prompt digest and response digests."""
+
+    records: list[Record]
+    prompt_digests: list[str]
+    response_digests: list[list[str]]
+    # The COPY CSV of each prompt's (text, messages) and each response's text, rendered by the
+    # reading thread (read_ahead), so that the writing one only puts in the keys.
+    prompt_csv: list[str] = dataclasses.field(default_factory=list)
+    response_csv: list[list[str]] = dataclasses.field(default_factory=list)
+
+
+def _digests(records: list[Record]) -> tuple[ImportChunk, list[tuple[int, str]]]:
+    """The records that can be stored, with each one's prompt digest (content_hash) and its
+    responses' digests, and (line, reason) for each that cannot.
 
     The same pass refuses, by line and with the other errors, text that JSON can spell but
     PostgreSQL cannot store (a NUL, half a surrogate pair), instead of failing as a database
     error mid-import: encoding a text to hash it finds a lone surrogate, and a scan finds a NUL."""
     sha256 = hashlib.sha256
-    prompts: list[str] = []
-    responses: list[list[str]] = []
+    chunk = ImportChunk([], [], [])
     errors: list[tuple[int, str]] = []
     for r in records:
         prompt = r.prompt
@@ -222,57 +240,274 @@ def _digests(records: list[Record]) -> tuple[list[str], list[list[str]]]:
         if bad:
             errors.append((r.line, _why_unstorable(r) or "cannot be stored"))
             continue
-        prompts.append(digest)
-        responses.append(digests)
+        chunk.records.append(r)
+        chunk.prompt_digests.append(digest)
+        chunk.response_digests.append(digests)
+        if isinstance(prompt, str):
+            chunk.prompt_csv.append(_csv_text(prompt) + ",")
+        else:
+            chunk.prompt_csv.append('"",' + _csv_text(json.dumps(prompt, ensure_ascii=False)))
+        chunk.response_csv.append([_csv_text(text) for text, _ in r.responses])
+    return chunk, errors
+
+
+# Records per chunk of a streamed import: each chunk is written while the next is read.
+IMPORT_CHUNK = 10_000
+
+
+def import_chunks(
+    lines: Iterable[bytes | OversizedLine],
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    size: int | None = None,
+    turn: threading.Event | None = None,
+) -> Iterator[ImportChunk]:
+    """A JSONL file's records, read and checked `size` at a time, for preferences_import(chunks=...).
+
+    Chunks are yielded while every line so far is good. After a bad line the rest of the file is
+    still read, to list its bad lines too, but nothing more is yielded; at the end ImportFileError
+    lists every bad line (or says that the file has no records), and the import, whose chunks so
+    far were written in its transaction, is rolled back by it. With `turn`, it reads only while
+    that event is set (see ChunkReader)."""
+    size = size or IMPORT_CHUNK
+    errors: list[tuple[int, str]] = []
+    records: list[Record] = []
+    seen = False
+    for number, raw in enumerate(lines, start=1):
+        if turn is not None and not number % 64:
+            turn.wait()
+        try:
+            record = parse_line(raw, number, max_line_bytes)
+        except LineError as exc:
+            errors.append((number, str(exc)))
+            continue
+        if record is None:
+            continue
+        seen = True
+        records.append(record)
+        if len(records) >= size:
+            chunk, bad = _digests(records)
+            errors += bad
+            records = []
+            if not errors:
+                yield chunk
+    if records:
+        chunk, bad = _digests(records)
+        errors += bad
+        if not errors:
+            yield chunk
     if errors:
-        raise ImportFileError(errors)
-    return prompts, responses
+        raise ImportFileError(sorted(errors))
+    if not seen:
+        raise ImportFileError([(0, "the file has no records")])
+
+
+def read_ahead(items: Iterable, depth: int = 2, turn: threading.Event | None = None) -> Iterator:
+    """`items`, produced by a thread of their own up to `depth` ahead of the caller; an exception
+    the producer raises is raised here, in turn. `turn`, if given, is set while the caller waits
+    for an item (the producer's turn to use the CPU) and cleared when it has one."""
+    pipe: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                pipe.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(("item", item)):
+                    return
+            put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            put(("error", exc))
+
+    thread = threading.Thread(target=produce, name="import-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            if turn is not None:
+                turn.set()
+            kind, value = pipe.get()
+            if turn is not None:
+                turn.clear()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        # The caller stopped early (an error while writing): the producer stops at its next item.
+        stop.set()
+        if turn is not None:
+            turn.set()
+
+
+class ChunkReader:
+    """A JSONL file read (import_chunks) by a thread of its own while preferences_import writes the
+    chunks before: the import's Python work and PostgreSQL's then overlap on a server's two CPUs.
+
+    The two Python threads share one interpreter lock, and the writer needs it in short turns
+    (between statements, and to make each piece of a COPY): made to wait behind the reader, it
+    would leave PostgreSQL idle. So the reader reads only in the writer's waits: while a statement
+    runs (`writing`, around each of the import's statements) and while the writer waits for a
+    chunk. A COPY is the writer's own turn: it makes the rows as PostgreSQL takes them."""
+
+    def __init__(self, lines: Iterable[bytes | OversizedLine], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES):
+        self.turn = threading.Event()
+        self._chunks = read_ahead(import_chunks(lines, max_line_bytes, turn=self.turn), turn=self.turn)
+
+    def __iter__(self) -> Iterator[ImportChunk]:
+        return self._chunks
+
+    def close(self) -> None:
+        self._chunks.close()
+        self.turn.set()
+
+    def writing(self):
+        """A context in which each statement the writer runs gives the reader a turn."""
+        return connection.execute_wrapper(self._statement)
+
+    def _statement(self, execute, sql, params, many, context):
+        self.turn.set()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            self.turn.clear()
 
 
 # pg_advisory_xact_lock(IMPORT_LOCK, project id) serialises imports into one project.
 IMPORT_LOCK = 0x1A5F
 
 
+@dataclass
+class _Written:
+    """What one chunk wrote, merged into the import's totals once its savepoint is released."""
+
+    summary: ImportSummary
+    # (comparison, annotator) -> (line, choice) of each label it wrote, and the new annotators.
+    labels: dict[tuple[int, int], tuple[int, str]]
+    annotators: dict[str, int]
+    recount: set[int]
+
+
 @transaction.atomic
 def preferences_import(
     *,
     project: Project,
-    records: list[Record],
+    records: list[Record] | None = None,
+    chunks: Iterable[ImportChunk] | None = None,
     source: str = DEFAULT_IMPORT_SOURCE,
     annotator: str = "import",
     max_pairs_per_prompt: int | None = None,
 ) -> ImportSummary:
     """Writes validated records: prompts, responses, comparisons and, for labelled pairs,
     preferences. Rows that already exist are found by content and reused, so importing a file twice
-    adds nothing. A label that contradicts one already stored (same annotator, same pair, another
-    choice) fails the whole import, which then writes nothing.
+    adds nothing. A label that contradicts one already stored or one earlier in the file (same
+    annotator, same pair, another choice) fails the whole import, which then writes nothing.
+
+    `records` is a list of read records; `chunks` (import_chunks, best through read_ahead) a file
+    read while it is written: each chunk is written as it comes, in this one transaction, and an
+    ImportFileError from the reader (a bad line anywhere) rolls all of it back. After a chunk with
+    contradicting labels nothing more is written, and the rest of the file is only read for its
+    bad lines; the refusal lists both.
 
     Imports into one project wait for each other (on PostgreSQL), so each finds what the one
-    before it wrote. Should another writer add one of the rows between the look-ups and the
+    before it wrote. Should another writer add one of the rows between a chunk's look-ups and its
     inserts (a comparison paired from the same responses, a label), the insert fails on the unique
-    constraint; the import is then done once more from its look-ups, which now find that row."""
-    prompt_digests, response_digests = _digests(records)
+    constraint; the chunk is then done once more from its look-ups, which now find that row."""
+    if (records is None) == (chunks is None):
+        raise TypeError("preferences_import takes records or chunks")
+    if records is not None:
+        chunk, errors = _digests(records)
+        if errors:
+            raise ImportFileError(errors)
+        chunks = [chunk]
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [IMPORT_LOCK, project.pk % 2**31])
-    args = (project, records, prompt_digests, response_digests, source, annotator, max_pairs_per_prompt)
+    writing = chunks.writing() if isinstance(chunks, ChunkReader) else contextlib.nullcontext()
+    with writing, _cycle_collector_paused():
+        return _import_chunks(project, chunks, source, annotator, max_pairs_per_prompt)
+
+
+_gc_pauses = 0
+_gc_pauses_lock = threading.Lock()
+_gc_was_enabled = False
+
+
+@contextlib.contextmanager
+def _cycle_collector_paused():
+    """An import makes millions of small objects (records, tuples, dict entries), none of them in a
+    reference cycle, so reference counting frees them all; Python's cycle collector, run every few
+    hundred allocations, only walked them again and again: about a second of CPU per 100,000 pairs.
+    Paused for the import (and imports running at once in one process: the last to end resumes it)."""
+    global _gc_pauses, _gc_was_enabled
+    with _gc_pauses_lock:
+        if _gc_pauses == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
     try:
-        with transaction.atomic():
-            return _import(*args)
-    except IntegrityError:
-        return _import(*args)
+        yield
+    finally:
+        with _gc_pauses_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_was_enabled:
+                gc.enable()
+
+
+def _import_chunks(project, chunks, source, annotator, max_pairs_per_prompt) -> ImportSummary:
+    summary = ImportSummary()
+    labels: dict[tuple[int, int], tuple[int, str]] = {}
+    annotators: dict[str, int] = {}
+    recount: set[int] = set()
+    refused: list[tuple[int, str]] = []
+    try:
+        for chunk in chunks:
+            if refused:
+                continue  # reading on, for the reader's list of bad lines
+            args = (project, chunk, source, annotator, max_pairs_per_prompt, labels, annotators)
+            try:
+                try:
+                    with transaction.atomic():
+                        written = _import(*args)
+                except IntegrityError:
+                    written = _import(*args)
+            except ImportFileError as exc:
+                refused = exc.errors
+                continue
+            for name in dataclasses.fields(summary):
+                setattr(summary, name.name, getattr(summary, name.name) + getattr(written.summary, name.name))
+            labels.update(written.labels)
+            annotators.update(written.annotators)
+            recount |= written.recount
+    except ImportFileError as exc:
+        raise ImportFileError(sorted(refused + exc.errors)) from None
+    if refused:
+        raise ImportFileError(sorted(refused))
+    # New comparisons were written with their counts; of the others, only those given a label now changed.
+    comparisons_recount(comparison_ids=sorted(recount))
+    return summary
 
 
 def _import(
     project: Project,
-    records: list[Record],
-    prompt_digests: list[str],
-    response_digests: list[list[str]],
+    chunk: ImportChunk,
     source: str,
     annotator: str,
     max_pairs_per_prompt: int | None,
-) -> ImportSummary:
-    summary = ImportSummary()
+    labels: dict[tuple[int, int], tuple[int, str]],
+    annotators: dict[str, int],
+) -> _Written:
+    """Writes one chunk. `labels` and `annotators` are what the chunks before it wrote."""
+    records, prompt_digests, response_digests = chunk.records, chunk.prompt_digests, chunk.response_digests
+    written = _Written(ImportSummary(), {}, {}, set())
+    summary = written.summary
 
     # 1. Prompts, found by the digest of their text or turns.
     first_with: dict[str, int] = {}
@@ -283,8 +518,9 @@ def _import(
     old_prompts = sorted(prompt_ids.values())
     missing = [digest for digest in first_with if digest not in prompt_ids]
     rows = ((project.pk, *_prompt_columns(records[first_with[d]].prompt), d) for d in missing)
+    lines = (f"{project.pk},{chunk.prompt_csv[first_with[d]]},{d}" for d in missing)
     columns = ("project_id", "text", "messages", "content_hash")
-    inserted = _insert_rows(Prompt, columns, rows, returning=("content_hash", "id"))
+    inserted = _insert_rows(Prompt, columns, rows, returning=("content_hash", "id"), lines=lines)
     if inserted is None:
         prompt_ids.update(_existing_prompts(project, missing))
     else:
@@ -293,17 +529,23 @@ def _import(
     record_prompts = [prompt_ids[digest] for digest in prompt_digests]
 
     # 2. Responses, found by (prompt, digest of text).
-    wanted_responses: dict[tuple[int, str], tuple[str, str | None]] = {}
-    for r, pid, digests in zip(records, record_prompts, response_digests, strict=True):
-        for item, digest in zip(r.responses, digests, strict=True):
-            wanted_responses.setdefault((pid, digest), item)
-    response_ids = _existing_responses(old_prompts)
+    wanted_responses: dict[tuple[int, str], tuple[tuple[str, str | None], str]] = {}
+    for r, pid, digests, texts in zip(records, record_prompts, response_digests, chunk.response_csv, strict=True):
+        for item, digest, text in zip(r.responses, digests, texts, strict=True):
+            wanted_responses.setdefault((pid, digest), (item, text))
+    response_ids, policies = _existing_responses(old_prompts)
     missing_r = [key for key in wanted_responses if key not in response_ids]
-    rows = ((pid, wanted_responses[pid, d][0], d, wanted_responses[pid, d][1] or source) for pid, d in missing_r)
+    rows = ((pid, wanted_responses[pid, d][0][0], d, wanted_responses[pid, d][0][1] or source) for pid, d in missing_r)
+    default_source = _csv_text(source)
+    lines = (
+        f"{pid},{text},{d},{default_source if item.source is None else _csv_text(item.source)}"
+        for pid, d in missing_r
+        for item, text in (wanted_responses[pid, d],)
+    )
     columns = ("prompt_id", "text", "content_hash", "source")
-    inserted = _insert_rows(Response, columns, rows, returning=("prompt_id", "content_hash", "id"))
+    inserted = _insert_rows(Response, columns, rows, returning=("prompt_id", "content_hash", "id"), lines=lines)
     if inserted is None:
-        response_ids = _existing_responses(sorted(set(record_prompts)))
+        response_ids, policies = _existing_responses(sorted(set(record_prompts)))
     else:
         response_ids.update(((pid, digest), rid) for pid, digest, rid in inserted)
     summary.responses_created = len(missing_r)
@@ -332,8 +574,14 @@ def _import(
     comparison_ids = _existing_comparisons(old_prompts)
     preexisting = set(comparison_ids.values())
     missing_c = [key for key in pairs if key not in comparison_ids]
-    rows = ((project.pk, pairs[a, b], a, b, len(labellers.get((a, b), ()))) for a, b in missing_c)
-    columns = ("project_id", "prompt_id", "response_a_id", "response_b_id", "label_count")
+    # policy_rank as the trigger of migration 0004 would set it (the newest policy version of the two
+    # responses, 0 for none): new responses have none, old ones were read above. Sent, it spares
+    # PostgreSQL the trigger's query per row (migration 0009).
+    rows = (
+        (project.pk, pairs[a, b], a, b, len(labellers.get((a, b), ())), max(policies.get(a, 0), policies.get(b, 0)))
+        for a, b in missing_c
+    )
+    columns = ("project_id", "prompt_id", "response_a_id", "response_b_id", "label_count", "policy_rank")
     inserted = _insert_rows(Comparison, columns, rows, returning=("response_a_id", "response_b_id", "id"))
     if inserted is None:
         comparison_ids = _existing_comparisons(sorted(set(pairs.values())))
@@ -344,7 +592,9 @@ def _import(
     # 4. Preferences for labelled pairs: one per (comparison, annotator); a repeat must agree.
     labelled = [i for i, r in enumerate(records) if r.is_pair]
     if labelled:
-        annotator_ids = _imported_annotators({records[i].annotator or annotator for i in labelled})
+        names = {records[i].annotator or annotator for i in labelled}
+        written.annotators = _imported_annotators(names - annotators.keys())
+        annotator_ids = {**annotators, **written.annotators}
         wanted: dict[tuple[int, int], tuple[int, str, int | None]] = {}
         errors: list[tuple[int, str]] = []
         for i in labelled:
@@ -361,6 +611,12 @@ def _import(
                 wanted[key] = (r.line, choice, strength)
             elif held[1] != choice:
                 errors.append((r.line, f"contradicts line {held[0]}: same pair, same annotator, another choice"))
+        # A label an earlier chunk of this file wrote is a repeat of a line, not a stored label.
+        for key in [key for key in wanted if key in labels]:
+            line, choice, _ = wanted.pop(key)
+            earlier, earlier_choice = labels[key]
+            if choice != earlier_choice:
+                errors.append((line, f"contradicts line {earlier}: same pair, same annotator, another choice"))
         # A comparison made by this import has no labels yet: only the others are looked up.
         existing = _existing_preferences([key for key in wanted if key[0] in preexisting])
         for key, (line, choice, _) in wanted.items():
@@ -380,9 +636,10 @@ def _import(
         _insert_rows(Preference, columns, new)
         summary.preferences_created = len(new)
         summary.preferences_existing = len(wanted) - len(new)
-        # New comparisons were written with their counts; of the others, only those given a label now changed.
-        comparisons_recount(comparison_ids=sorted({cid for _, cid, _, _, _ in new if cid in preexisting}))
-    return summary
+        written.labels = {key: (line, choice) for key, (line, choice, _) in wanted.items() if key not in existing}
+        # Comparisons written now got their counts with them; older ones given a label are recounted.
+        written.recount = {cid for _, cid, _, _, _ in new if cid in preexisting}
+    return written
 
 
 def _lookup_batch() -> int:
@@ -456,10 +713,19 @@ class _LinesReader:
         return "".join(pieces)
 
 
-def _insert_rows(model, columns: tuple[str, ...], rows: Iterable[tuple], *, returning: tuple[str, ...] = ()):
+def _insert_rows(
+    model,
+    columns: tuple[str, ...],
+    rows: Iterable[tuple],
+    *,
+    returning: tuple[str, ...] = (),
+    lines: Iterable[str] | None = None,
+):
     """Inserts rows, each a tuple of values for `columns` (attnames); other columns take their
     model defaults. Returns the `returning` columns ("id" for the key) of the inserted rows, in no
     particular order; None where the backend cannot say them (the caller then looks them up).
+    `lines`, where given, are the same rows already rendered as COPY CSV (the columns' values in
+    order, without a line end), which PostgreSQL then takes instead of `rows`.
 
     On PostgreSQL the rows go by COPY: into the table itself when nothing is to be returned, else
     into a temporary table (of the target's column types, without its constraints) and from there
@@ -467,12 +733,13 @@ def _insert_rows(model, columns: tuple[str, ...], rows: Iterable[tuple], *, retu
     builds a model instance per row, or a multi-row INSERT, which the server must parse; and the
     rows are turned into COPY text as PostgreSQL reads them, so that both work at once.
     Constraints and triggers apply as to any insert: a duplicate fails it (IntegrityError)."""
-    rows = iter(rows)
+    postgresql = connection.vendor == "postgresql"
+    rows = iter(lines if postgresql and lines is not None else rows)
     first = next(rows, None)
     if first is None:
         return []
     rows = itertools.chain([first], rows)
-    if connection.vendor != "postgresql":
+    if not postgresql:
         objects = [model(**dict(zip(columns, row, strict=True))) for row in rows]
         model.objects.bulk_create(objects, batch_size=BATCH)
         if any(obj.pk is None for obj in objects):
@@ -489,7 +756,10 @@ def _insert_rows(model, columns: tuple[str, ...], rows: Iterable[tuple], *, retu
     tail += "\n"
     names = ", ".join(quote(f.column) for f in given + defaulted)
     table = quote(meta.db_table)
-    lines = (",".join([convert(v) for convert, v in zip(converters, row, strict=True)]) + tail for row in rows)
+    if lines is None:
+        lines = (",".join([convert(v) for convert, v in zip(converters, row, strict=True)]) + tail for row in rows)
+    else:
+        lines = (line + tail for line in rows)
     with connection.cursor() as cursor:
         target = table
         if returning:
@@ -551,11 +821,12 @@ def _existing_prompts(project: Project, hashes: list[str]) -> dict[str, int]:
     return dict(_select_any(Prompt, ("content_hash", "id"), "content_hash", hashes, project_id=project.pk))
 
 
-def _existing_responses(prompt_ids: list[int]) -> dict[tuple[int, str], int]:
-    """Every response of these prompts, by (prompt, digest). A prompt has a handful of responses,
-    and the prompt_id index finds them, where a filter on both columns made PostgreSQL scan."""
-    rows = _select_any(Response, ("id", "prompt_id", "content_hash"), "prompt_id", prompt_ids)
-    return {(pid, digest): rid for rid, pid, digest in rows}
+def _existing_responses(prompt_ids: list[int]) -> tuple[dict[tuple[int, str], int], dict[int, int]]:
+    """Every response of these prompts, by (prompt, digest), and the policy version of those that
+    have one, by id. A prompt has a handful of responses, and the prompt_id index finds them, where
+    a filter on both columns made PostgreSQL scan."""
+    rows = _select_any(Response, ("id", "prompt_id", "content_hash", "policy_version_id"), "prompt_id", prompt_ids)
+    return {(pid, digest): rid for rid, pid, digest, _ in rows}, {rid: pv for rid, _, _, pv in rows if pv}
 
 
 def _existing_comparisons(prompt_ids: list[int]) -> dict[tuple[int, int], int]:

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db.models import F
 from django.utils import timezone
 
 from annotation import queue
@@ -145,6 +146,34 @@ def test_among_equally_labelled_comparisons_the_newest_policys_come_first(projec
         order.append(assignment.comparison_id)
         submit(project, annotator, assignment.comparison_id)
     assert order == [from_new.pk, from_old.pk, imported.pk]
+
+
+def test_an_import_pairing_a_policy_s_response_with_a_new_one_ranks_it_as_the_trigger_would(project):
+    """The import sends policy_rank itself (migration 0009): it must be what the trigger computes."""
+    import io
+    import json
+
+    from annotation import services
+    from annotation.jsonl import bounded_lines, read_records
+
+    policy = _policy(project, 3)
+    prompt = PromptFactory(project=project, text="Which is kinder?")
+    generated = ResponseFactory(prompt=prompt, policy_version=policy, text="A kind answer.")
+    lines = [
+        {"prompt": "Which is kinder?", "chosen": "A kind answer.", "rejected": "A new answer."},
+        {"prompt": "Something new.", "chosen": "One.", "rejected": "Two."},
+    ]
+    body = io.BytesIO(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
+    services.preferences_import(project=project, records=read_records(bounded_lines(body)))
+    imported = Comparison.objects.filter(project=project)
+    ranks = {c.prompt.text: c.policy_rank for c in imported.select_related("prompt")}
+    assert ranks == {"Which is kinder?": policy.pk, "Something new.": 0}
+    paired = imported.get(prompt=prompt)
+    assert generated.pk in (paired.response_a_id, paired.response_b_id)
+    # What the trigger computes for the same rows: an update of the responses recomputes the rank.
+    imported.update(policy_rank=None)
+    imported.update(response_b=F("response_b"))
+    assert {c.prompt.text: c.policy_rank for c in imported.select_related("prompt")} == ranks
 
 
 def test_equally_placed_comparisons_are_served_oldest_first(project, annotator):

@@ -25,7 +25,7 @@ from annotation.api.errors import (
 )
 from annotation.api.pagination import IdCursorPagination
 from annotation.api.views.base import AdminOnly, IdField, ProjectScopedMixin
-from annotation.jsonl import ImportFileError, LineError, bounded_lines, parse_line, read_records
+from annotation.jsonl import ImportFileError, LineError, bounded_lines, parse_line
 from annotation.models import Choice, Comparison, Prompt
 
 MAX_ERRORS_SHOWN = 1000
@@ -129,7 +129,7 @@ class ProjectImportApi(AdminOnly, ProjectScopedMixin, APIView):
             # An empty body never reaches the parser; it is an empty file.
             stream = request.data.get("jsonl") or io.BytesIO()
             key = lambda n: f"line {n}"  # noqa: E731
-            loader = lambda: read_records(bounded_lines(stream))  # noqa: E731
+            lines_from = stream
         elif content_type == "multipart/form-data":
             data = ImportUploadInput(data=request.data)
             data.is_valid(raise_exception=True)
@@ -138,7 +138,7 @@ class ProjectImportApi(AdminOnly, ProjectScopedMixin, APIView):
             if upload.size > MAX_IMPORT_FILE_BYTES:
                 raise PayloadTooLarge(f"The file is over the limit of {MAX_IMPORT_FILE_BYTES:,} bytes.")
             key = lambda n: f"file: line {n}"  # noqa: E731
-            loader = lambda: read_records(bounded_lines(upload))  # noqa: E731
+            lines_from = upload
         else:
             body = request.data
             data = ImportJsonInput(data={"records": body} if isinstance(body, list) else body)
@@ -146,18 +146,23 @@ class ProjectImportApi(AdminOnly, ProjectScopedMixin, APIView):
             opts = dict(data.validated_data)
             items = opts.pop("records")
             key = lambda n: f"records[{n - 1}]"  # noqa: E731
-            loader = lambda: _records_from_json(items)  # noqa: E731
+            lines_from = None
+        # A file is read by a thread of its own while the chunks before are written (services.ChunkReader).
+        chunks = None if lines_from is None else services.ChunkReader(bounded_lines(lines_from))
         try:
-            records = loader()
+            given = {"chunks": chunks} if chunks is not None else {"records": _records_from_json(items)}
             summary = services.preferences_import(
                 project=self.project,
-                records=records,
                 source=opts["source"],
                 annotator=opts["annotator"],
                 max_pairs_per_prompt=opts.get("max_pairs_per_prompt"),
+                **given,
             )
         except ImportFileError as exc:
             return _refusal(exc.errors, lambda n: key(n) if n else "non_field_errors")
+        finally:
+            if chunks is not None:
+                chunks.close()
         created = summary.prompts_created + summary.responses_created + summary.comparisons_created
         created += summary.preferences_created
         return Response(
