@@ -154,6 +154,7 @@ class Response(models.Model):
         on_delete=models.PROTECT,
         related_name="responses",
         db_constraint=False,
+        db_index=False,  # response_policy_version below, of generated responses only
     )
     generation = models.JSONField(default=dict, blank=True, help_text="Sampling settings used to generate it.")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -162,6 +163,12 @@ class Response(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["prompt", "content_hash"], name="response_unique_text_per_prompt"),
             models.CheckConstraint(condition=~Q(source=""), name="response_source_not_empty"),
+        ]
+        indexes = [
+            # Imported responses have no policy version: only generated ones are indexed (0011).
+            models.Index(
+                fields=["policy_version"], name="response_policy_version", condition=Q(policy_version__isnull=False)
+            ),
         ]
 
     def __str__(self) -> str:
