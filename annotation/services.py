@@ -581,8 +581,9 @@ def _import(
         (project.pk, pairs[a, b], a, b, len(labellers.get((a, b), ())), max(policies.get(a, 0), policies.get(b, 0)))
         for a, b in missing_c
     )
+    lines = (",".join(map(str, row)) for row in rows)  # integers only
     columns = ("project_id", "prompt_id", "response_a_id", "response_b_id", "label_count", "policy_rank")
-    inserted = _insert_rows(Comparison, columns, rows, returning=("response_a_id", "response_b_id", "id"))
+    inserted = _insert_rows(Comparison, columns, rows, returning=("response_a_id", "response_b_id", "id"), lines=lines)
     if inserted is None:
         comparison_ids = _existing_comparisons(sorted(set(pairs.values())))
     else:
@@ -633,7 +634,9 @@ def _import(
             if (cid, uid) not in existing
         ]
         columns = ("project_id", "comparison_id", "annotator_id", "choice", "strength")
-        _insert_rows(Preference, columns, new)
+        # A choice is a fixed word, which CSV takes unquoted; no strength is NULL (an empty field).
+        lines = (f"{p},{c},{u},{choice},{'' if strength is None else strength}" for p, c, u, choice, strength in new)
+        _insert_rows(Preference, columns, new, lines=lines)
         summary.preferences_created = len(new)
         summary.preferences_existing = len(wanted) - len(new)
         written.labels = {key: (line, choice) for key, (line, choice, _) in wanted.items() if key not in existing}
