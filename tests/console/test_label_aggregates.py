@@ -384,3 +384,26 @@ def test_project_delete_empties_the_project_in_bulk_and_keeps_the_others_aggrega
     for table in ("annotation_stats_comparison", "annotation_stats_annotator_day", "annotation_stats_agreement"):
         assert fetch(f"SELECT count(*) FROM {table} WHERE project_id = {project_id}") == [(0,)], table
     assert_aggregates_match()
+
+
+def test_project_delete_first_analyses_the_statistics_tables_its_triggers_clean_up(project):
+    """Planned from an empty table's statistics, the clean-up of zeroed statistics rows after a large
+    delete was quadratic (100,000 labels: unfinished after 10 minutes); analysed first, 6 s."""
+    if connection.vendor != "postgresql":
+        pytest.skip("ANALYZE and its row estimates are PostgreSQL's")
+    from annotation.services import project_delete
+
+    def estimate() -> float:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT reltuples FROM pg_class WHERE relname = 'annotation_stats_comparison'")
+            return cursor.fetchone()[0]
+
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE annotation_stats_comparison")  # empty, as in a new database
+    users = [UserFactory() for _ in range(3)]
+    comparisons = [make_comparison(project=project) for _ in range(5)]
+    Preference.objects.bulk_create(random_labels(project, comparisons, users, random.Random(3), 9))
+    assert estimate() <= 0
+    project_delete(project=project)
+    assert estimate() > 0
+    assert_aggregates_match()
