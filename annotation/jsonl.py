@@ -253,11 +253,14 @@ def parse_line(raw: bytes | OversizedLine, line: int, max_line_bytes: int = DEFA
     raise LineError('expected "chosen" and "rejected", or "responses"')
 
 
-def read_records(lines: Iterable[bytes | OversizedLine], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> list[Record]:
-    """Every record of a file, or ImportFileError with every bad line. Lines are bytes so that a
-    file in the wrong encoding is reported by line instead of failing as a whole."""
-    records: list[Record] = []
-    errors: list[tuple[int, str]] = []
+NO_RECORDS = (0, "the file has no records")
+
+
+def iter_records(
+    lines: Iterable[bytes | OversizedLine], errors: list[tuple[int, str]], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> Iterator[Record]:
+    """The good records of a file, in order, as its lines are read; each bad line is added to
+    `errors` as (line number, reason) and passed over."""
     for number, raw in enumerate(lines, start=1):
         try:
             record = parse_line(raw, number, max_line_bytes)
@@ -265,9 +268,16 @@ def read_records(lines: Iterable[bytes | OversizedLine], max_line_bytes: int = D
             errors.append((number, str(exc)))
             continue
         if record is not None:
-            records.append(record)
+            yield record
+
+
+def read_records(lines: Iterable[bytes | OversizedLine], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> list[Record]:
+    """Every record of a file, or ImportFileError with every bad line. Lines are bytes so that a
+    file in the wrong encoding is reported by line instead of failing as a whole."""
+    errors: list[tuple[int, str]] = []
+    records = list(iter_records(lines, errors, max_line_bytes))
     if errors:
         raise ImportFileError(errors)
     if not records:
-        raise ImportFileError([(0, "the file has no records")])
+        raise ImportFileError([NO_RECORDS])
     return records

@@ -21,7 +21,14 @@ from django.db.models import Count, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from annotation.jsonl import DEFAULT_MAX_LINE_BYTES, ImportFileError, LineError, OversizedLine, Record, parse_line
+from annotation.jsonl import (
+    DEFAULT_MAX_LINE_BYTES,
+    NO_RECORDS,
+    ImportFileError,
+    OversizedLine,
+    Record,
+    iter_records,
+)
 from annotation.models import Choice, Comparison, Membership, Preference, Project, Prompt, Response, Role, content_hash
 
 IMPORTED_ANNOTATOR_PREFIX = "import:"
@@ -284,36 +291,29 @@ def import_chunks(
     far were written in its transaction, is rolled back by it. With `turn`, it reads only while
     that event is set (see ChunkReader)."""
     size = size or IMPORT_CHUNK
+    if turn is not None:
+        lines = _taking_turns(lines, turn)
     errors: list[tuple[int, str]] = []
-    records: list[Record] = []
+    records = iter_records(lines, errors, max_line_bytes)
     seen = False
-    for number, raw in enumerate(lines, start=1):
-        if turn is not None and not number % 64:
-            turn.wait()
-        try:
-            record = parse_line(raw, number, max_line_bytes)
-        except LineError as exc:
-            errors.append((number, str(exc)))
-            continue
-        if record is None:
-            continue
+    while batch := list(itertools.islice(records, size)):
         seen = True
-        records.append(record)
-        if len(records) >= size:
-            chunk, bad = _digests(records)
-            errors += bad
-            records = []
-            if not errors:
-                yield chunk
-    if records:
-        chunk, bad = _digests(records)
+        chunk, bad = _digests(batch)
         errors += bad
         if not errors:
             yield chunk
     if errors:
         raise ImportFileError(sorted(errors))
     if not seen:
-        raise ImportFileError([(0, "the file has no records")])
+        raise ImportFileError([NO_RECORDS])
+
+
+def _taking_turns(lines: Iterable, turn: threading.Event) -> Iterator:
+    """`lines`, waiting every 64 of them for `turn` to be set."""
+    for number, line in enumerate(lines, start=1):
+        if not number % 64:
+            turn.wait()
+        yield line
 
 
 def read_ahead(items: Iterable, depth: int = 2, turn: threading.Event | None = None) -> Iterator:
@@ -380,8 +380,7 @@ class ChunkReader:
         return self._chunks
 
     def close(self) -> None:
-        self._chunks.close()
-        self.turn.set()
+        self._chunks.close()  # the reader, if it started, stops at its next item (read_ahead)
 
     def writing(self):
         """A context in which each statement the writer runs gives the reader a turn."""
