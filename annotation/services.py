@@ -10,6 +10,8 @@ import itertools
 import json
 import queue
 import random
+import re
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -382,9 +384,16 @@ class ChunkReader:
     def close(self) -> None:
         self._chunks.close()  # the reader, if it started, stops at its next item (read_ahead)
 
+    @contextlib.contextmanager
     def writing(self):
-        """A context in which each statement the writer runs gives the reader a turn."""
-        return connection.execute_wrapper(self._statement)
+        """A context in which each statement the writer runs gives the reader a turn, and so does
+        each COPY once its rows are all sent (its triggers then run: much of the import's time)."""
+        _copy_end.turn = self.turn
+        try:
+            with connection.execute_wrapper(self._statement):
+                yield
+        finally:
+            _copy_end.turn = None
 
     def _statement(self, execute, sql, params, many, context):
         self.turn.set()
@@ -393,6 +402,10 @@ class ChunkReader:
         finally:
             self.turn.clear()
 
+
+# The turn (ChunkReader.writing) that _insert_rows sets when a COPY's rows are all sent, in the
+# writing thread.
+_copy_end = threading.local()
 
 # pg_advisory_xact_lock(IMPORT_LOCK, project id) serialises imports into one project.
 IMPORT_LOCK = 0x1A5F
@@ -407,6 +420,8 @@ class _Written:
     labels: dict[tuple[int, int], tuple[int, str]]
     annotators: dict[str, int]
     recount: set[int]
+    # digest -> id of each prompt it wrote.
+    prompts: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 @transaction.atomic
@@ -445,34 +460,49 @@ def preferences_import(
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [IMPORT_LOCK, project.pk % 2**31])
     writing = chunks.writing() if isinstance(chunks, ChunkReader) else contextlib.nullcontext()
-    with writing, _cycle_collector_paused():
+    with writing, _interpreter_set_for_import():
         return _import_chunks(project, chunks, source, annotator, max_pairs_per_prompt)
 
 
-_gc_pauses = 0
-_gc_pauses_lock = threading.Lock()
+_imports_running = 0
+_imports_lock = threading.Lock()
 _gc_was_enabled = False
+_switch_interval = 0.005
+# How long a thread may hold the interpreter lock while another waits for it (Python's default is
+# 5 ms), during imports.
+IMPORT_SWITCH_INTERVAL = 0.0005
 
 
 @contextlib.contextmanager
-def _cycle_collector_paused():
-    """An import makes millions of small objects (records, tuples, dict entries), none of them in a
-    reference cycle, so reference counting frees them all; Python's cycle collector, run every few
-    hundred allocations, only walked them again and again: about a second of CPU per 100,000 pairs.
-    Paused for the import (and imports running at once in one process: the last to end resumes it)."""
-    global _gc_pauses, _gc_was_enabled
-    with _gc_pauses_lock:
-        if _gc_pauses == 0:
+def _interpreter_set_for_import():
+    """Two process-wide settings, held while any import of this process runs (the last to end
+    restores them):
+
+    - Python's cycle collector is paused. An import makes millions of small objects (records,
+      tuples, dict entries), none of them in a reference cycle, so reference counting frees them
+      all; the collector, run every few hundred allocations, only walked them again and again:
+      about a second of CPU per 100,000 pairs.
+    - The interpreter lock changes hands after 0.5 ms instead of 5. The reading thread of a streamed
+      import (ChunkReader) parses while the writer waits on PostgreSQL; when a statement returns,
+      the writer waited up to 5 ms for the lock before it could send the next one, with PostgreSQL
+      idle meanwhile: about 60 statements per 100,000 pairs."""
+    global _imports_running, _gc_was_enabled, _switch_interval
+    with _imports_lock:
+        if _imports_running == 0:
             _gc_was_enabled = gc.isenabled()
             gc.disable()
-        _gc_pauses += 1
+            _switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switch_interval, IMPORT_SWITCH_INTERVAL))
+        _imports_running += 1
     try:
         yield
     finally:
-        with _gc_pauses_lock:
-            _gc_pauses -= 1
-            if _gc_pauses == 0 and _gc_was_enabled:
-                gc.enable()
+        with _imports_lock:
+            _imports_running -= 1
+            if _imports_running == 0:
+                sys.setswitchinterval(_switch_interval)
+                if _gc_was_enabled:
+                    gc.enable()
 
 
 def _import_chunks(project, chunks, source, annotator, max_pairs_per_prompt) -> ImportSummary:
@@ -481,6 +511,11 @@ def _import_chunks(project, chunks, source, annotator, max_pairs_per_prompt) -> 
     annotators: dict[str, int] = {}
     recount: set[int] = set()
     refused: list[tuple[int, str]] = []
+    # A project that has no prompts as the import begins (it holds the project's import lock) has
+    # none to look up: the prompts it finds are those of its earlier chunks, kept here. Should
+    # another writer add one meanwhile (a generation run, the API), the COPY fails on the unique
+    # constraint and the chunk is done again, this time looking every prompt up.
+    prompts: dict[str, int] | None = None if Prompt.objects.filter(project=project).exists() else {}
     try:
         for chunk in chunks:
             if refused:
@@ -489,9 +524,10 @@ def _import_chunks(project, chunks, source, annotator, max_pairs_per_prompt) -> 
             try:
                 try:
                     with transaction.atomic():
-                        written = _import(*args)
+                        written = _import(*args, prompts)
                 except IntegrityError:
-                    written = _import(*args)
+                    prompts = None
+                    written = _import(*args, prompts)
             except ImportFileError as exc:
                 refused = exc.errors
                 continue
@@ -500,6 +536,8 @@ def _import_chunks(project, chunks, source, annotator, max_pairs_per_prompt) -> 
             labels.update(written.labels)
             annotators.update(written.annotators)
             recount |= written.recount
+            if prompts is not None:
+                prompts.update(written.prompts)
     except ImportFileError as exc:
         raise ImportFileError(sorted(refused + exc.errors)) from None
     if refused:
@@ -517,8 +555,10 @@ def _import(
     max_pairs_per_prompt: int | None,
     labels: dict[tuple[int, int], tuple[int, str]],
     annotators: dict[str, int],
+    prompts: dict[str, int] | None,
 ) -> _Written:
-    """Writes one chunk. `labels` and `annotators` are what the chunks before it wrote."""
+    """Writes one chunk. `labels` and `annotators` are what the chunks before it wrote, and so is
+    `prompts` where given (then the project's only prompts; None: look them up)."""
     records, prompt_digests, response_digests = chunk.records, chunk.prompt_digests, chunk.response_digests
     written = _Written(ImportSummary(), {}, {}, set())
     summary = written.summary
@@ -527,18 +567,22 @@ def _import(
     first_with: dict[str, int] = {}
     for i, digest in enumerate(prompt_digests):
         first_with.setdefault(digest, i)
-    prompt_ids = _existing_prompts(project, list(first_with))
+    if prompts is None:
+        prompt_ids = _existing_prompts(project, list(first_with))
+    else:
+        prompt_ids = {digest: prompts[digest] for digest in first_with if digest in prompts}
     # Only prompts that were there before can have responses and comparisons already.
     old_prompts = sorted(prompt_ids.values())
     missing = [digest for digest in first_with if digest not in prompt_ids]
     rows = ((project.pk, *_prompt_columns(records[first_with[d]].prompt), d) for d in missing)
     lines = (f"{project.pk},{chunk.prompt_csv[first_with[d]]},{d}" for d in missing)
     columns = ("project_id", "text", "messages", "content_hash")
-    inserted = _insert_rows(Prompt, columns, rows, ids=True, lines=lines)
+    inserted = _insert_rows(Prompt, columns, rows, ids=True, count=len(missing), lines=lines)
     if inserted is None:
-        prompt_ids.update(_existing_prompts(project, missing))
+        written.prompts = _existing_prompts(project, missing)
     else:
-        prompt_ids.update(zip(missing, inserted, strict=True))
+        written.prompts = dict(zip(missing, inserted, strict=True))
+    prompt_ids.update(written.prompts)
     summary.prompts_created = len(missing)
     record_prompts = [prompt_ids[digest] for digest in prompt_digests]
 
@@ -557,7 +601,7 @@ def _import(
         for item, text in (wanted_responses[pid, d],)
     )
     columns = ("prompt_id", "text", "content_hash", "source")
-    inserted = _insert_rows(Response, columns, rows, ids=True, lines=lines)
+    inserted = _insert_rows(Response, columns, rows, ids=True, count=len(missing_r), lines=lines)
     if inserted is None:
         response_ids, policies = _existing_responses(sorted(set(record_prompts)))
     else:
@@ -597,7 +641,7 @@ def _import(
     )
     lines = (",".join(map(str, row)) for row in rows)  # integers only
     columns = ("project_id", "prompt_id", "response_a_id", "response_b_id", "label_count", "policy_rank")
-    inserted = _insert_rows(Comparison, columns, rows, ids=True, lines=lines)
+    inserted = _insert_rows(Comparison, columns, rows, ids=True, count=len(missing_c), lines=lines)
     if inserted is None:
         comparison_ids = _existing_comparisons(sorted(set(pairs.values())))
     else:
@@ -717,8 +761,9 @@ class _LinesReader:
 
     PIECE = 256 * 1024
 
-    def __init__(self, lines: Iterable[str]):
+    def __init__(self, lines: Iterable[str], end: threading.Event | None = None):
         self.lines = iter(lines)
+        self.end = end
 
     def read(self, size: int = -1) -> str:
         pieces, length = [], 0
@@ -727,6 +772,9 @@ class _LinesReader:
             length += len(line)
             if length >= self.PIECE:
                 break
+        else:
+            if self.end is not None:
+                self.end.set()  # nothing more to make: the writer only waits from here on
         return "".join(pieces)
 
 
@@ -736,13 +784,15 @@ def _insert_rows(
     rows: Iterable[tuple],
     *,
     ids: bool = False,
+    count: int | None = None,
     lines: Iterable[str] | None = None,
 ) -> list[int] | None:
     """Inserts rows, each a tuple of values for `columns` (attnames); other columns take their
     model defaults. With `ids`, returns the new rows' primary keys in the order of `rows`, or None
     where the backend cannot say them (the caller then looks them up). `lines`, where given, are the
     same rows already rendered as COPY CSV (the columns' values in order, without a line end), which
-    PostgreSQL then takes instead of `rows`.
+    PostgreSQL then takes instead of `rows`. `count`, the number of rows where the caller knows it,
+    lets the keys be drawn before the rows are made, and so made as PostgreSQL takes them.
 
     On PostgreSQL the rows go into the table by one COPY, which is several times faster than
     bulk_create (a model instance per row) or a multi-row INSERT (which the server must parse); the
@@ -781,11 +831,13 @@ def _insert_rows(
     new_ids: list[int] = []
     with connection.cursor() as cursor:
         if ids:
-            lines = list(lines)
+            if count is None:
+                lines = list(lines)
+                count = len(lines)
             # The sequence is named first: as an argument of nextval, the look-up ran once per row.
             cursor.execute("SELECT pg_get_serial_sequence(%s, %s)", [meta.db_table, meta.pk.column])
             (sequence,) = cursor.fetchone()
-            cursor.execute("SELECT nextval(%s::regclass) FROM generate_series(1, %s)", [sequence, len(lines)])
+            cursor.execute("SELECT nextval(%s::regclass) FROM generate_series(1, %s)", [sequence, count])
             new_ids = [key for (key,) in cursor.fetchall()]
             names.insert(0, quote(meta.pk.column))
             lines = (f"{key},{line}{tail}" for key, line in zip(new_ids, lines, strict=True))
@@ -793,10 +845,15 @@ def _insert_rows(
             lines = (line + tail for line in lines)
         # COPY goes past Django's cursor wrapper; this turns psycopg2's errors into Django's
         # (IntegrityError, DataError), as execute() does.
-        with connection.wrap_database_errors:
-            cursor.cursor.copy_expert(
-                f"COPY {table} ({', '.join(names)}) FROM STDIN WITH (FORMAT csv)", _LinesReader(lines)
-            )
+        end = getattr(_copy_end, "turn", None)
+        try:
+            with connection.wrap_database_errors:
+                cursor.cursor.copy_expert(
+                    f"COPY {table} ({', '.join(names)}) FROM STDIN WITH (FORMAT csv)", _LinesReader(lines, end)
+                )
+        finally:
+            if end is not None:
+                end.clear()
     return new_ids
 
 
@@ -831,9 +888,25 @@ def _select_any(model, columns: tuple[str, ...], field: str, values: list, **equ
         [f"{quote(meta.get_field(field).column)} = ANY(%s)"]
         + [f"{quote(meta.get_field(name).column)} = %s" for name in equal]
     )
+    values = _array_text(values)
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {selected} FROM {quote(meta.db_table)} WHERE {where}", [list(values), *equal.values()])
+        cursor.execute(f"SELECT {selected} FROM {quote(meta.db_table)} WHERE {where}", [values, *equal.values()])
         return cursor.fetchall()
+
+
+def _array_text(values: list) -> str | list:
+    """Integers or digests (hexadecimal) as the text of one PostgreSQL array: psycopg2 quotes a list
+    element by element (a third of a second per 100,000 digests) and the server then parses each."""
+    if all(type(v) is int for v in values):
+        return "{" + ",".join(map(str, values)) + "}"
+    if all(type(v) is str and v for v in values):
+        joined = ",".join(values)
+        if _HEX_LIST.fullmatch(joined) and joined.count(",") == len(values) - 1:  # no comma in a value
+            return "{" + joined + "}"
+    return list(values)
+
+
+_HEX_LIST = re.compile("[0-9a-f,]*")
 
 
 def _existing_prompts(project: Project, hashes: list[str]) -> dict[str, int]:

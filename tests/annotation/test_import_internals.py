@@ -193,3 +193,74 @@ def test_a_second_import_of_the_same_file_waits_for_the_first_and_adds_nothing()
     assert (results["second"].prompts_created, results["second"].preferences_created) == (0, 0)
     assert results["second"].preferences_existing == 50
     assert counts(project) == (50, 100, 50, 50)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_prompt_another_writer_adds_to_a_new_project_mid_import_is_found_and_reused(monkeypatch):
+    # An import into a project with no prompts looks none up (it keeps its own); a prompt committed
+    # by another connection meanwhile fails that chunk's COPY, which is then done again with look-ups.
+    monkeypatch.setattr(services, "IMPORT_CHUNK", 2)
+    project = ProjectFactory()
+    lines = [{"prompt": f"Q{i}?", "chosen": "Yes.", "rejected": "No.", "annotator": "ann"} for i in range(6)]
+    write, chunks, looked_up = services._import, [], []
+    find = services._existing_prompts
+
+    def other_writer():
+        try:
+            Prompt.objects.create(project=project, text="Q4?", content_hash=services.content_hash("Q4?"))
+        finally:
+            connection.close()
+
+    def chunk_written(project_, chunk, *args):
+        chunks.append([r.prompt for r in chunk.records])
+        if len(chunks) == 2:  # the second chunk: Q2, Q3; Q4 comes in the third
+            thread = threading.Thread(target=other_writer)
+            thread.start()
+            thread.join(10)
+        return write(project_, chunk, *args)
+
+    def find_prompts(project_, digests):
+        looked_up.append(len(digests))
+        return find(project_, digests)
+
+    monkeypatch.setattr(services, "_import", chunk_written)
+    monkeypatch.setattr(services, "_existing_prompts", find_prompts)
+    theirs = None
+    with transaction.atomic():
+        summary = services.preferences_import(project=project, chunks=services.import_chunks(jsonl_lines(lines)))
+        theirs = Prompt.objects.get(project=project, text="Q4?")
+    # Q4's chunk was written twice (the COPY refused, then again with look-ups), and only then looked up.
+    assert [len(c) for c in chunks] == [2, 2, 2, 2] and chunks[2] == chunks[3] == ["Q4?", "Q5?"]
+    assert looked_up == [2]
+    assert summary.prompts_created == 5 and summary.preferences_created == 6
+    assert counts(project) == (6, 12, 6, 6)
+    assert Comparison.objects.filter(project=project, prompt=theirs).count() == 1
+    assert Preference.objects.filter(
+        project=project, comparison__prompt=theirs, annotator__username="import:ann"
+    ).exists()
+
+
+def jsonl_lines(lines: list[dict]) -> list[bytes]:
+    return [json.dumps(x).encode() + b"\n" for x in lines]
+
+
+def test_look_up_values_go_as_the_text_of_one_array_where_that_is_safe():
+    digest = services.content_hash("x")
+    assert services._array_text([3, -1, 20]) == "{3,-1,20}"
+    assert services._array_text([digest, digest]) == "{" + digest + "," + digest + "}"
+    # Anything an array's text would have to quote goes as a list, for psycopg2 to quote.
+    for odd in (["a,b"], ["NULL"], [""], ["a b"], ['"'], ["{}"], [1, "1"], [True]):
+        assert services._array_text(odd) == odd
+
+
+def test_an_import_pauses_the_cycle_collector_and_shortens_the_switch_interval_and_restores_both():
+    import gc
+    import sys
+
+    interval, enabled = sys.getswitchinterval(), gc.isenabled()
+    with services._interpreter_set_for_import():
+        with services._interpreter_set_for_import():  # a second import in the same process
+            assert not gc.isenabled()
+            assert sys.getswitchinterval() == pytest.approx(services.IMPORT_SWITCH_INTERVAL)
+        assert not gc.isenabled()  # until the last one ends
+    assert (sys.getswitchinterval(), gc.isenabled()) == (pytest.approx(interval), enabled)
