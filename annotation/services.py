@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import gc
@@ -368,11 +369,11 @@ class ChunkReader:
     """A JSONL file read (import_chunks) by a thread of its own while preferences_import writes the
     chunks before: the import's Python work and PostgreSQL's then overlap on a server's two CPUs.
 
-    The two Python threads share one interpreter lock, and the writer needs it in short turns
-    (between statements, and to make each piece of a COPY): made to wait behind the reader, it
-    would leave PostgreSQL idle. So the reader reads only in the writer's waits: while a statement
-    runs (`writing`, around each of the import's statements) and while the writer waits for a
-    chunk. A COPY is the writer's own turn: it makes the rows as PostgreSQL takes them."""
+    The Python threads share one interpreter lock, and the writer needs it in short turns (between
+    statements, and to make the rows of the next COPY while PostgreSQL takes the last one): made to
+    wait behind the reader, it would leave PostgreSQL idle. So the reader reads only in the
+    writer's waits: while a statement runs (`writing`, around each of the import's statements),
+    while the writer waits for its COPYs (_Copies.wait) and while it waits for a chunk."""
 
     def __init__(self, lines: Iterable[bytes | OversizedLine], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES):
         self.turn = threading.Event()
@@ -384,16 +385,9 @@ class ChunkReader:
     def close(self) -> None:
         self._chunks.close()  # the reader, if it started, stops at its next item (read_ahead)
 
-    @contextlib.contextmanager
     def writing(self):
-        """A context in which each statement the writer runs gives the reader a turn, and so does
-        each COPY once its rows are all sent (its triggers then run: much of the import's time)."""
-        _copy_end.turn = self.turn
-        try:
-            with connection.execute_wrapper(self._statement):
-                yield
-        finally:
-            _copy_end.turn = None
+        """A context in which each statement the writer runs gives the reader a turn."""
+        return connection.execute_wrapper(self._statement)
 
     def _statement(self, execute, sql, params, many, context):
         self.turn.set()
@@ -403,9 +397,158 @@ class ChunkReader:
             self.turn.clear()
 
 
-# The turn (ChunkReader.writing) that _insert_rows sets when a COPY's rows are all sent, in the
-# writing thread.
-_copy_end = threading.local()
+class _ChunkFailed(Exception):
+    """A statement of a chunk failed on the COPY thread: `error` is what Django would have raised,
+    `savepoint` the chunk's (_Copies.savepoint)."""
+
+    def __init__(self, savepoint: str | None, error: BaseException):
+        super().__init__(savepoint, error)
+        self.savepoint, self.error = savepoint, error
+
+
+class _Pieces:
+    """A file for copy_expert to read: COPY text made beforehand, in pieces."""
+
+    def __init__(self, pieces: list[str]):
+        self.pieces = iter(pieces)
+
+    def read(self, size: int = -1) -> str:
+        return next(self.pieces, "")
+
+
+class _Copies:
+    """An import's COPYs and its chunks' savepoints, run in order on a thread of their own (on
+    PostgreSQL), so that the server inserts one table's rows, and runs that statement's triggers,
+    while the writer makes the next table's rows: with the keys drawn from the sequences first,
+    nothing the writer makes depends on a COPY having finished. Any other statement of the import
+    waits for them first (`statement`, an execute wrapper), so that one thread at a time uses the
+    connection, and raises the first failure, once, as _ChunkFailed naming the chunk's savepoint.
+    After a failure the statements queued behind it are skipped. On SQLite (no COPY) the
+    savepoints are simply run."""
+
+    # A piece of COPY text handed to the server at a time.
+    PIECE = 256 * 1024
+
+    def __init__(self, turn: threading.Event | None = None):
+        self.turn = turn
+        self.background = connection.vendor == "postgresql"
+        self.submitted = 0
+        self.done = 0  # statements run or skipped, in order
+        self.failure: tuple[str | None, BaseException] | None = None
+        self.savepoint_name: str | None = None
+        self._changed = threading.Condition()
+        self._keys = None
+        if self.background:
+            connection.ensure_connection()
+            self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._run, args=(connection.connection,), name="import-copy")
+            self._thread.daemon = True
+            self._thread.start()
+
+    def keys(self, table: str, column: str, count: int) -> list[int]:
+        """`count` new values of a table's key sequence. Drawn on a connection of their own (a
+        sequence is outside transactions, so any connection's values are as good), so that the
+        writer need not wait for the COPYs queued on the import's."""
+        if self._keys is None:
+            self._keys = connection.get_new_connection(connection.get_connection_params())
+            self._keys.autocommit = True
+        with self._keys.cursor() as cursor:
+            # The sequence named first: as an argument of nextval it was looked up once per row.
+            cursor.execute("SELECT pg_get_serial_sequence(%s, %s)", [table, column])
+            (sequence,) = cursor.fetchone()
+            cursor.execute("SELECT nextval(%s::regclass) FROM generate_series(1, %s)", [sequence, count])
+            return [key for (key,) in cursor.fetchall()]
+
+    def copy(self, sql: str, lines: Iterable[str]) -> None:
+        pieces, piece, length = [], [], 0
+        for line in lines:
+            piece.append(line)
+            length += len(line)
+            if length >= self.PIECE:
+                pieces.append("".join(piece))
+                piece, length = [], 0
+        pieces.append("".join(piece))
+        self._submit(sql, pieces)
+
+    def savepoint(self, name: str) -> None:
+        self.savepoint_name = name
+        self._submit(f"SAVEPOINT {name}")
+
+    def release(self, name: str) -> int:
+        """Queues the release of a chunk's savepoint; returns the number `done` reaches once it ran."""
+        self._submit(f"RELEASE SAVEPOINT {name}")
+        self.savepoint_name = None
+        return self.submitted
+
+    def _submit(self, sql: str, pieces: list[str] | None = None) -> None:
+        if not self.background:
+            with connection.cursor() as cursor:
+                cursor.execute(sql)
+            self.submitted += 1
+            self.done += 1
+            return
+        self.submitted += 1
+        self._jobs.put((sql, pieces, self.savepoint_name))
+
+    def _run(self, raw) -> None:
+        cursor = raw.cursor()
+        try:
+            while (job := self._jobs.get()) is not None:
+                sql, pieces, savepoint = job
+                if self.failure is None:
+                    try:
+                        if pieces is None:
+                            cursor.execute(sql)
+                        else:
+                            cursor.copy_expert(sql, _Pieces(pieces))
+                    except BaseException as exc:  # noqa: BLE001 - raised by the writer (wait)
+                        self.failure = (savepoint, exc)
+                with self._changed:
+                    self.done += 1
+                    self._changed.notify_all()
+        finally:
+            cursor.close()
+
+    def wait(self, until: int | None = None) -> None:
+        """Waits for every queued statement (or until `done` reaches `until`); raises the first
+        failure among them."""
+        self._wait_for(self.submitted if until is None else until)
+        if self.failure is not None:
+            self._wait_for(self.submitted)  # those queued behind it are skipped
+            savepoint, exc = self.failure
+            self.failure = None
+            try:
+                with connection.wrap_database_errors:  # psycopg2's error as Django's
+                    raise exc
+            except BaseException as error:  # noqa: BLE001 - handed on with the chunk it belongs to
+                raise _ChunkFailed(savepoint, error) from None
+
+    def _wait_for(self, done: int) -> None:
+        if self.done < done:
+            if self.turn is not None:
+                self.turn.set()
+            with self._changed:
+                while self.done < done:
+                    self._changed.wait()
+            if self.turn is not None:
+                self.turn.clear()
+
+    def statement(self, execute, sql, params, many, context):
+        self.wait()
+        return execute(sql, params, many, context)
+
+    def close(self) -> None:
+        """Ends the thread once the queued statements have run (an error being raised meanwhile
+        rolls the import back: what they did no longer matters)."""
+        if self.background:
+            self._jobs.put(None)
+            self._thread.join()
+        if self._keys is not None:
+            self._keys.close()
+
+
+# The _Copies of the import this thread is writing.
+_writing = threading.local()
 
 # pg_advisory_xact_lock(IMPORT_LOCK, project id) serialises imports into one project.
 IMPORT_LOCK = 0x1A5F
@@ -459,9 +602,18 @@ def preferences_import(
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [IMPORT_LOCK, project.pk % 2**31])
-    writing = chunks.writing() if isinstance(chunks, ChunkReader) else contextlib.nullcontext()
-    with writing, _interpreter_set_for_import():
-        return _import_chunks(project, chunks, source, annotator, max_pairs_per_prompt)
+    reader = chunks if isinstance(chunks, ChunkReader) else None
+    copies = _writing.copies = _Copies(reader.turn if reader else None)
+    try:
+        with (
+            reader.writing() if reader else contextlib.nullcontext(),
+            connection.execute_wrapper(copies.statement),
+            _interpreter_set_for_import(),
+        ):
+            return _import_chunks(project, chunks, source, annotator, max_pairs_per_prompt, copies)
+    finally:
+        _writing.copies = None
+        copies.close()
 
 
 _imports_running = 0
@@ -505,46 +657,108 @@ def _interpreter_set_for_import():
                     gc.enable()
 
 
-def _import_chunks(project, chunks, source, annotator, max_pairs_per_prompt) -> ImportSummary:
-    summary = ImportSummary()
-    labels: dict[tuple[int, int], tuple[int, str]] = {}
-    annotators: dict[str, int] = {}
-    recount: set[int] = set()
-    refused: list[tuple[int, str]] = []
+# Chunks written ahead of the COPY thread at most (see _import_chunks).
+UNSURE_CHUNKS = 2
+
+
+def _import_chunks(project, chunks, source, annotator, max_pairs_per_prompt, copies: _Copies) -> ImportSummary:
+    """Writes the chunks, each in a savepoint of its own. A chunk's COPYs may still be running on
+    the COPY thread while the next chunk is made, so its rows are `unsure` until its savepoint's
+    release has run; the next chunks see them (they would be written again, in order, should it
+    fail). When a chunk fails on a unique constraint (another writer added one of its rows meanwhile),
+    it is rolled back to its savepoint and done once more, without one, from look-ups that now find
+    that row (a second failure fails the import); the chunks after it are then written again too."""
+    done = _Written(ImportSummary(), {}, {}, set())
     # A project that has no prompts as the import begins (it holds the project's import lock) has
     # none to look up: the prompts it finds are those of its earlier chunks, kept here. Should
     # another writer add one meanwhile (a generation run, the API), the COPY fails on the unique
     # constraint and the chunk is done again, this time looking every prompt up.
-    prompts: dict[str, int] | None = None if Prompt.objects.filter(project=project).exists() else {}
+    fresh = not Prompt.objects.filter(project=project).exists()
+    unsure: list[tuple[str, int, ImportChunk, _Written]] = []  # (savepoint, `done` once released, ...)
+    again: collections.deque[tuple[ImportChunk, bool]] = collections.deque()  # (chunk, last try)
+    refused: list[tuple[int, str]] = []
+    reading = iter(chunks)
+    number = 0
     try:
-        for chunk in chunks:
+        while True:
+            chunk, last_try = again.popleft() if again else (next(reading, None), False)
+            while unsure and unsure[0][1] <= copies.done:
+                _merge(done, unsure.pop(0)[3])
             if refused:
+                if chunk is None:
+                    break
                 continue  # reading on, for the reader's list of bad lines
-            args = (project, chunk, source, annotator, max_pairs_per_prompt, labels, annotators)
+            writing = None
             try:
-                try:
-                    with transaction.atomic():
-                        written = _import(*args, prompts)
-                except IntegrityError:
-                    prompts = None
-                    written = _import(*args, prompts)
+                if len(unsure) >= UNSURE_CHUNKS:
+                    # The writer is that far ahead of PostgreSQL: it waits, rather than keep more
+                    # chunks' rows in memory.
+                    copies.wait(until=unsure[0][1])
+                    _merge(done, unsure.pop(0)[3])
+                if chunk is None:
+                    copies.wait()  # the last chunks' COPYs
+                    for *_, written in unsure:
+                        _merge(done, written)
+                    break
+                written_before = [w for *_, w in reversed(unsure)] + [done]
+                args = (
+                    project,
+                    chunk,
+                    source,
+                    annotator,
+                    max_pairs_per_prompt,
+                    collections.ChainMap(*(w.labels for w in written_before)),
+                    collections.ChainMap(*(w.annotators for w in written_before)),
+                    collections.ChainMap(*(w.prompts for w in written_before)) if fresh else None,
+                )
+                if last_try:
+                    written = _import(*args)
+                    copies.wait()
+                    _merge(done, written)
+                    continue
+                number += 1
+                writing = f"import_chunk_{number}"
+                copies.savepoint(writing)
+                written = _import(*args)
+                unsure.append((writing, copies.release(writing), chunk, written))
             except ImportFileError as exc:
+                # Nothing more is written; the import fails and its transaction is rolled back.
                 refused = exc.errors
-                continue
-            for name in dataclasses.fields(summary):
-                setattr(summary, name.name, getattr(summary, name.name) + getattr(written.summary, name.name))
-            labels.update(written.labels)
-            annotators.update(written.annotators)
-            recount |= written.recount
-            if prompts is not None:
-                prompts.update(written.prompts)
+            except (_ChunkFailed, IntegrityError) as exc:
+                error, failed = (exc.error, exc.savepoint) if isinstance(exc, _ChunkFailed) else (exc, writing)
+                if last_try or failed is None or not isinstance(error, IntegrityError):
+                    raise error from None
+                copies.wait()  # nothing is left queued (after a failure the rest is skipped)
+                names = [name for name, *_ in unsure]
+                position = names.index(failed) if failed in names else len(unsure)
+                for *_, written in unsure[:position]:
+                    _merge(done, written)
+                redo = [c for _, _, c, _ in unsure[position:]] + ([chunk] if chunk is not None else [])
+                unsure.clear()
+                # Rolled back to the chunk's savepoint, the transaction is usable again (an ORM
+                # write that failed, bulk_create on SQLite, had marked Django's block for a rollback).
+                transaction.set_rollback(False)
+                with connection.cursor() as cursor:
+                    cursor.execute(f"ROLLBACK TO SAVEPOINT {failed}")
+                    cursor.execute(f"RELEASE SAVEPOINT {failed}")
+                fresh = False
+                again.extendleft(reversed([(c, i == 0) for i, c in enumerate(redo)]))
     except ImportFileError as exc:
         raise ImportFileError(sorted(refused + exc.errors)) from None
     if refused:
         raise ImportFileError(sorted(refused))
     # New comparisons were written with their counts; of the others, only those given a label now changed.
-    comparisons_recount(comparison_ids=sorted(recount))
-    return summary
+    comparisons_recount(comparison_ids=sorted(done.recount))
+    return done.summary
+
+
+def _merge(done: _Written, written: _Written) -> None:
+    for name in dataclasses.fields(done.summary):
+        setattr(done.summary, name.name, getattr(done.summary, name.name) + getattr(written.summary, name.name))
+    done.labels.update(written.labels)
+    done.annotators.update(written.annotators)
+    done.recount |= written.recount
+    done.prompts.update(written.prompts)
 
 
 def _import(
@@ -755,29 +969,6 @@ def _csv_converter(field) -> Callable[[object], str]:
     return _csv_value
 
 
-class _LinesReader:
-    """A file for copy_expert to read, made from an iterator of lines as it is read: PostgreSQL
-    inserts the rows of one piece while the next is being made."""
-
-    PIECE = 256 * 1024
-
-    def __init__(self, lines: Iterable[str], end: threading.Event | None = None):
-        self.lines = iter(lines)
-        self.end = end
-
-    def read(self, size: int = -1) -> str:
-        pieces, length = [], 0
-        for line in self.lines:
-            pieces.append(line)
-            length += len(line)
-            if length >= self.PIECE:
-                break
-        else:
-            if self.end is not None:
-                self.end.set()  # nothing more to make: the writer only waits from here on
-        return "".join(pieces)
-
-
 def _insert_rows(
     model,
     columns: tuple[str, ...],
@@ -792,15 +983,16 @@ def _insert_rows(
     where the backend cannot say them (the caller then looks them up). `lines`, where given, are the
     same rows already rendered as COPY CSV (the columns' values in order, without a line end), which
     PostgreSQL then takes instead of `rows`. `count`, the number of rows where the caller knows it,
-    lets the keys be drawn before the rows are made, and so made as PostgreSQL takes them.
+    lets the keys be drawn without making all the rows first.
 
     On PostgreSQL the rows go into the table by one COPY, which is several times faster than
-    bulk_create (a model instance per row) or a multi-row INSERT (which the server must parse); the
-    rows are turned into COPY text as PostgreSQL reads them, so that both work at once. Their keys,
-    where wanted, are drawn from the table's sequence first and sent with the rows (an INSERT ...
-    RETURNING would need the rows staged in a temporary table: COPY returns nothing, and the
-    staging cost PostgreSQL more than the sequence, about a second per 100,000 pairs). Constraints
-    and triggers apply as to any insert: a duplicate fails it (IntegrityError)."""
+    bulk_create (a model instance per row) or a multi-row INSERT (which the server must parse).
+    Their keys, where wanted, are drawn from the table's sequence first and sent with the rows (an
+    INSERT ... RETURNING would need the rows staged in a temporary table: COPY returns nothing, and
+    the staging cost PostgreSQL more than the sequence, about a second per 100,000 pairs). Within
+    preferences_import the COPY runs on the import's COPY thread (_Copies) while the caller goes
+    on, and a failure is raised by a later statement; otherwise here. Constraints and triggers apply
+    as to any insert: a duplicate fails it (IntegrityError)."""
     postgresql = connection.vendor == "postgresql"
     rows = iter(lines if postgresql and lines is not None else rows)
     first = next(rows, None)
@@ -828,32 +1020,27 @@ def _insert_rows(
         lines = (",".join([convert(v) for convert, v in zip(converters, row, strict=True)]) for row in rows)
     else:
         lines = rows
-    new_ids: list[int] = []
-    with connection.cursor() as cursor:
+    importing = getattr(_writing, "copies", None)
+    copies = importing or _Copies()
+    try:
+        new_ids: list[int] = []
         if ids:
             if count is None:
                 lines = list(lines)
                 count = len(lines)
-            # The sequence is named first: as an argument of nextval, the look-up ran once per row.
-            cursor.execute("SELECT pg_get_serial_sequence(%s, %s)", [meta.db_table, meta.pk.column])
-            (sequence,) = cursor.fetchone()
-            cursor.execute("SELECT nextval(%s::regclass) FROM generate_series(1, %s)", [sequence, count])
-            new_ids = [key for (key,) in cursor.fetchall()]
+            new_ids = copies.keys(meta.db_table, meta.pk.column, count)
             names.insert(0, quote(meta.pk.column))
             lines = (f"{key},{line}{tail}" for key, line in zip(new_ids, lines, strict=True))
         else:
             lines = (line + tail for line in lines)
-        # COPY goes past Django's cursor wrapper; this turns psycopg2's errors into Django's
-        # (IntegrityError, DataError), as execute() does.
-        end = getattr(_copy_end, "turn", None)
-        try:
-            with connection.wrap_database_errors:
-                cursor.cursor.copy_expert(
-                    f"COPY {table} ({', '.join(names)}) FROM STDIN WITH (FORMAT csv)", _LinesReader(lines, end)
-                )
-        finally:
-            if end is not None:
-                end.clear()
+        copies.copy(f"COPY {table} ({', '.join(names)}) FROM STDIN WITH (FORMAT csv)", lines)
+        if importing is None:
+            copies.wait()
+    except _ChunkFailed as failed:
+        raise failed.error from None
+    finally:
+        if importing is None:
+            copies.close()
     return new_ids
 
 

@@ -17,6 +17,9 @@ from annotation.jsonl import LineError, bounded_lines, parse_line, read_records
 from annotation.models import Comparison, Preference, Prompt, Response
 from tests.factories import ProjectFactory
 
+# Two connections writing at once: SQLite allows one writer at a time.
+on_postgresql = pytest.mark.skipif(connection.vendor != "postgresql", reason="needs concurrent writers")
+
 
 def records_of(lines: list[dict]):
     return read_records(bounded_lines(io.BytesIO(b"".join(json.dumps(x).encode() + b"\n" for x in lines))))
@@ -151,6 +154,7 @@ def test_a_row_written_between_the_look_ups_and_the_inserts_is_found_on_a_second
     assert set(Comparison.objects.filter(project=project).values_list("label_count", flat=True)) == {1}
 
 
+@on_postgresql
 @pytest.mark.django_db(transaction=True)
 def test_a_second_import_of_the_same_file_waits_for_the_first_and_adds_nothing():
     project = ProjectFactory()
@@ -195,6 +199,7 @@ def test_a_second_import_of_the_same_file_waits_for_the_first_and_adds_nothing()
     assert counts(project) == (50, 100, 50, 50)
 
 
+@on_postgresql
 @pytest.mark.django_db(transaction=True)
 def test_a_prompt_another_writer_adds_to_a_new_project_mid_import_is_found_and_reused(monkeypatch):
     # An import into a project with no prompts looks none up (it keeps its own); a prompt committed
@@ -264,3 +269,69 @@ def test_an_import_pauses_the_cycle_collector_and_shortens_the_switch_interval_a
             assert sys.getswitchinterval() == pytest.approx(services.IMPORT_SWITCH_INTERVAL)
         assert not gc.isenabled()  # until the last one ends
     assert (sys.getswitchinterval(), gc.isenabled()) == (pytest.approx(interval), enabled)
+
+
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+def test_a_chunk_whose_last_copy_fails_after_the_next_chunk_began_is_written_again_with_the_ones_after_it(
+    monkeypatch,
+):
+    # A chunk's COPYs run on a thread of their own while the next chunk is made: the labels of the
+    # second chunk fail (another connection stored one of them after the look-up) only once the
+    # third chunk has begun. Both are then written again, the second from look-ups that find it.
+    from django.contrib.auth import get_user_model
+
+    monkeypatch.setattr(services, "IMPORT_CHUNK", 2)
+    project = ProjectFactory()
+    ann = get_user_model().objects.create(username="import:ann", is_active=False)
+    unlabelled = [{"prompt": f"Q{i}?", "responses": ["Yes.", "No."]} for i in range(6)]
+    services.preferences_import(project=project, records=records_of(unlabelled))
+    theirs = {}
+    write, chunks, find = services._import, [], services._existing_preferences
+
+    def other_writer():
+        try:
+            comparison = Comparison.objects.get(project=project, prompt__text="Q2?")
+            choice = "a" if comparison.response_a.text == "Yes." else "b"
+            with transaction.atomic():  # as the queue stores a label: with its comparison's count
+                theirs["label"] = Preference.objects.create(
+                    project=project, comparison=comparison, annotator=ann, choice=choice
+                )
+                Comparison.objects.filter(pk=comparison.pk).update(label_count=1)
+        finally:
+            connection.close()
+
+    def find_labels(keys):
+        found = find(keys)
+        if len(chunks) == 2 and not theirs:  # the second chunk's look-up: Q2, Q3
+            thread = threading.Thread(target=other_writer)
+            thread.start()
+            thread.join(10)
+            assert theirs, "the other connection did not store its label"
+        return found
+
+    def chunk_written(project_, chunk, *args):
+        chunks.append([r.prompt for r in chunk.records])
+        return write(project_, chunk, *args)
+
+    monkeypatch.setattr(services, "_import", chunk_written)
+    monkeypatch.setattr(services, "_existing_preferences", find_labels)
+    # The first chunk's labels are bob's: the other connection, labelling as ann, then waits for no
+    # counter row of the import's (they are keyed by annotator).
+    labelled = [
+        {"prompt": f"Q{i}?", "chosen": "Yes.", "rejected": "No.", "annotator": "bob" if i < 2 else "ann"}
+        for i in range(6)
+    ]
+    summary = services.preferences_import(project=project, chunks=services.import_chunks(jsonl_lines(labelled)))
+    assert chunks == [["Q0?", "Q1?"], ["Q2?", "Q3?"], ["Q4?", "Q5?"], ["Q2?", "Q3?"], ["Q4?", "Q5?"]]
+    assert (summary.preferences_created, summary.preferences_existing) == (5, 1)
+    assert counts(project) == (6, 12, 6, 6)
+    assert Preference.objects.get(project=project, comparison__prompt__text="Q2?").pk == theirs["label"].pk
+    assert set(Comparison.objects.filter(project=project).values_list("label_count", flat=True)) == {1}
+    # The label statistics count each label once (the rolled-back chunk's counts went with it).
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT sum(n_a + n_b + n_tie + n_both_bad) FROM annotation_stats_comparison WHERE project_id = %s",
+            [project.pk],
+        )
+        assert cursor.fetchone()[0] == 6
