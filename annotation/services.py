@@ -276,8 +276,10 @@ def _digests(records: list[Record]) -> tuple[ImportChunk, list[tuple[int, str]]]
     return chunk, errors
 
 
-# Records per chunk of a streamed import: each chunk is written while the next is read.
+# Records per chunk of a streamed import: each chunk is written while the next is read. The first
+# is smaller: PostgreSQL has nothing to do until it is read (a tenth of a second per 2,000 records).
 IMPORT_CHUNK = 10_000
+FIRST_CHUNK = 2_000
 
 
 def import_chunks(
@@ -299,7 +301,7 @@ def import_chunks(
     errors: list[tuple[int, str]] = []
     records = iter_records(lines, errors, max_line_bytes)
     seen = False
-    while batch := list(itertools.islice(records, size)):
+    while batch := list(itertools.islice(records, size if seen else min(size, FIRST_CHUNK))):
         seen = True
         chunk, bad = _digests(batch)
         errors += bad
