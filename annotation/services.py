@@ -527,12 +527,14 @@ class _Copies:
 
     def _wait_for(self, done: int) -> None:
         if self.done < done:
-            if self.turn is not None:
+            # The reader's turn while the writer waits (it may have it already: a statement's).
+            theirs = self.turn is not None and not self.turn.is_set()
+            if theirs:
                 self.turn.set()
             with self._changed:
                 while self.done < done:
                     self._changed.wait()
-            if self.turn is not None:
+            if theirs:
                 self.turn.clear()
 
     def statement(self, execute, sql, params, many, context):

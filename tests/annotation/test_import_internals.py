@@ -335,3 +335,36 @@ def test_a_chunk_whose_last_copy_fails_after_the_next_chunk_began_is_written_aga
             [project.pk],
         )
         assert cursor.fetchone()[0] == 6
+
+
+@on_postgresql
+@pytest.mark.django_db
+def test_the_writer_runs_ahead_of_the_copies_by_two_chunks_at_most(monkeypatch):
+    # COPYs slowed down (each piece handed over 20 ms late): the writer makes the next chunks
+    # meanwhile, but keeps at most two chunks' statements queued (a chunk: its savepoint, four COPYs
+    # and the release) before it waits, rather than hold the whole file's rows in memory.
+    import time
+
+    monkeypatch.setattr(services, "IMPORT_CHUNK", 2)
+    read = services._Pieces.read
+
+    def slow(self, size=-1):
+        time.sleep(0.02)
+        return read(self, size)
+
+    monkeypatch.setattr(services._Pieces, "read", slow)
+    queued, write = [], services._import
+
+    def chunk_written(project_, chunk, *args):
+        copies = services._writing.copies
+        queued.append(copies.submitted - copies.done)
+        return write(project_, chunk, *args)
+
+    monkeypatch.setattr(services, "_import", chunk_written)
+    project = ProjectFactory()
+    lines = [{"prompt": f"Q{i}?", "chosen": "Yes.", "rejected": "No."} for i in range(20)]
+    summary = services.preferences_import(project=project, chunks=services.import_chunks(jsonl_lines(lines)))
+    assert summary.preferences_created == 20 and counts(project) == (20, 40, 20, 20)
+    assert len(queued) == 10
+    assert max(queued) > 6, queued  # it did run ahead of PostgreSQL
+    assert max(queued) <= 2 * 6 + 1, queued  # two chunks, and this one's savepoint
