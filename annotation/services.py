@@ -440,6 +440,7 @@ class _Copies:
         self.savepoint_name: str | None = None
         self._changed = threading.Condition()
         self._keys = None
+        self._sequences: dict[str, str] = {}
         if self.background:
             connection.ensure_connection()
             self._jobs: queue.SimpleQueue = queue.SimpleQueue()
@@ -456,9 +457,10 @@ class _Copies:
             self._keys.autocommit = True
         with self._keys.cursor() as cursor:
             # The sequence named first: as an argument of nextval it was looked up once per row.
-            cursor.execute("SELECT pg_get_serial_sequence(%s, %s)", [table, column])
-            (sequence,) = cursor.fetchone()
-            cursor.execute("SELECT nextval(%s::regclass) FROM generate_series(1, %s)", [sequence, count])
+            if table not in self._sequences:
+                cursor.execute("SELECT pg_get_serial_sequence(%s, %s)", [table, column])
+                (self._sequences[table],) = cursor.fetchone()
+            cursor.execute("SELECT nextval(%s::regclass) FROM generate_series(1, %s)", [self._sequences[table], count])
             return [key for (key,) in cursor.fetchall()]
 
     def copy(self, sql: str, lines: Iterable[str]) -> None:
@@ -795,7 +797,7 @@ def _import(
     rows = ((project.pk, *_prompt_columns(records[first_with[d]].prompt), d) for d in missing)
     lines = (f"{project.pk},{chunk.prompt_csv[first_with[d]]},{d}" for d in missing)
     columns = ("project_id", "text", "messages", "content_hash")
-    inserted = _insert_rows(Prompt, columns, rows, ids=True, count=len(missing), lines=lines)
+    inserted = _insert_rows(Prompt, columns, rows, ids=len(missing), lines=lines)
     if inserted is None:
         written.prompts = _existing_prompts(project, missing)
     else:
@@ -819,7 +821,7 @@ def _import(
         for item, text in (wanted_responses[pid, d],)
     )
     columns = ("prompt_id", "text", "content_hash", "source")
-    inserted = _insert_rows(Response, columns, rows, ids=True, count=len(missing_r), lines=lines)
+    inserted = _insert_rows(Response, columns, rows, ids=len(missing_r), lines=lines)
     if inserted is None:
         response_ids, policies = _existing_responses(sorted(set(record_prompts)))
     else:
@@ -859,7 +861,7 @@ def _import(
     )
     lines = (",".join(map(str, row)) for row in rows)  # integers only
     columns = ("project_id", "prompt_id", "response_a_id", "response_b_id", "label_count", "policy_rank")
-    inserted = _insert_rows(Comparison, columns, rows, ids=True, count=len(missing_c), lines=lines)
+    inserted = _insert_rows(Comparison, columns, rows, ids=len(missing_c), lines=lines)
     if inserted is None:
         comparison_ids = _existing_comparisons(sorted(set(pairs.values())))
     else:
@@ -978,25 +980,23 @@ def _insert_rows(
     columns: tuple[str, ...],
     rows: Iterable[tuple],
     *,
-    ids: bool = False,
-    count: int | None = None,
+    ids: int | None = None,
     lines: Iterable[str] | None = None,
 ) -> list[int] | None:
     """Inserts rows, each a tuple of values for `columns` (attnames); other columns take their
-    model defaults. With `ids`, returns the new rows' primary keys in the order of `rows`, or None
-    where the backend cannot say them (the caller then looks them up). `lines`, where given, are the
-    same rows already rendered as COPY CSV (the columns' values in order, without a line end), which
-    PostgreSQL then takes instead of `rows`. `count`, the number of rows where the caller knows it,
-    lets the keys be drawn without making all the rows first.
+    model defaults. `ids`, the number of rows where their new primary keys are wanted: they are
+    then returned in the order of `rows`, or None where the backend cannot say them (the caller then
+    looks them up). `lines`, where given, are the same rows already rendered as COPY CSV (the
+    columns' values in order, without a line end), which PostgreSQL then takes instead of `rows`.
 
     On PostgreSQL the rows go into the table by one COPY, which is several times faster than
     bulk_create (a model instance per row) or a multi-row INSERT (which the server must parse).
     Their keys, where wanted, are drawn from the table's sequence first and sent with the rows (an
     INSERT ... RETURNING would need the rows staged in a temporary table: COPY returns nothing, and
     the staging cost PostgreSQL more than the sequence, about a second per 100,000 pairs). Within
-    preferences_import the COPY runs on the import's COPY thread (_Copies) while the caller goes
-    on, and a failure is raised by a later statement; otherwise here. Constraints and triggers apply
-    as to any insert: a duplicate fails it (IntegrityError)."""
+    preferences_import, its only caller, the COPY runs on the import's COPY thread (_Copies) while
+    the caller goes on, and a failure is raised by a later statement. Constraints and triggers
+    apply as to any insert: a duplicate fails it (IntegrityError)."""
     postgresql = connection.vendor == "postgresql"
     rows = iter(lines if postgresql and lines is not None else rows)
     first = next(rows, None)
@@ -1024,27 +1024,15 @@ def _insert_rows(
         lines = (",".join([convert(v) for convert, v in zip(converters, row, strict=True)]) for row in rows)
     else:
         lines = rows
-    importing = getattr(_writing, "copies", None)
-    copies = importing or _Copies()
-    try:
-        new_ids: list[int] = []
-        if ids:
-            if count is None:
-                lines = list(lines)
-                count = len(lines)
-            new_ids = copies.keys(meta.db_table, meta.pk.column, count)
-            names.insert(0, quote(meta.pk.column))
-            lines = (f"{key},{line}{tail}" for key, line in zip(new_ids, lines, strict=True))
-        else:
-            lines = (line + tail for line in lines)
-        copies.copy(f"COPY {table} ({', '.join(names)}) FROM STDIN WITH (FORMAT csv)", lines)
-        if importing is None:
-            copies.wait()
-    except _ChunkFailed as failed:
-        raise failed.error from None
-    finally:
-        if importing is None:
-            copies.close()
+    copies: _Copies = _writing.copies
+    new_ids: list[int] = []
+    if ids:
+        new_ids = copies.keys(meta.db_table, meta.pk.column, ids)
+        names.insert(0, quote(meta.pk.column))
+        lines = (f"{key},{line}{tail}" for key, line in zip(new_ids, lines, strict=True))
+    else:
+        lines = (line + tail for line in lines)
+    copies.copy(f"COPY {table} ({', '.join(names)}) FROM STDIN WITH (FORMAT csv)", lines)
     return new_ids
 
 
