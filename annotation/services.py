@@ -16,7 +16,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
@@ -474,6 +474,10 @@ class _Copies:
         pieces.append("".join(piece))
         self._submit(sql, pieces)
 
+    def run(self, sql: str) -> None:
+        """Queues a statement (its whole text: no parameters) behind the COPYs."""
+        self._submit(sql)
+
     def savepoint(self, name: str) -> None:
         self.savepoint_name = name
         self._submit(f"SAVEPOINT {name}")
@@ -571,6 +575,161 @@ class _Written:
     recount: set[int]
     # digest -> id of each prompt it wrote.
     prompts: dict[str, int] = dataclasses.field(default_factory=dict)
+    # The statistics of the rows it counted itself (PostgreSQL), written once the import ends.
+    counts: _Counts = dataclasses.field(default_factory=lambda: _Counts())
+
+
+# Set for its transaction by an import around the statements whose statistics it counts itself:
+# the INSERT statistics triggers then step aside (migration 0013).
+STATS_BY_WRITER = "annotation.stats_by_writer"
+CHOICE_ORDER = ("a", "b", "tie", "both_bad")  # the order of the statistics tables' choice counters
+
+
+@dataclass
+class _Counts:
+    """What the statistics triggers (migrations 0005 to 0013) would add for an import's new rows:
+    its new prompts, responses and comparisons, and its labels on the comparisons it created (which
+    have no other labels, no gold answer and no counts yet). The labels carry no side, no time and
+    no gold answer, so their sided, timed and gold counters stay at zero. Rows that no annotator owns
+    are keyed by the writer (the import's backend), like the triggers' own; a new comparison and
+    the labels it got are recorded as one move into the unit row of its label count (only the sums
+    over the unit rows mean anything)."""
+
+    # day -> [prompts, responses, comparisons]
+    project_day: dict = dataclasses.field(default_factory=dict)
+    # (annotator, day) -> [labels, n_a, n_b, n_tie, n_both_bad]
+    annotator_day: dict = dataclasses.field(default_factory=dict)
+    # (hour, annotator) -> [labels]
+    annotator_hour: dict = dataclasses.field(default_factory=dict)
+    # m -> [comparisons, n_a, n_b, n_tie, n_both_bad, same]
+    units: dict = dataclasses.field(default_factory=dict)
+    # (annotator of the earlier label, of the later one) -> [shared, agreeing]
+    agreement: dict = dataclasses.field(default_factory=dict)
+
+    @staticmethod
+    def _add(table: dict, key, values) -> None:
+        held = table.get(key)
+        if held is None:
+            table[key] = list(values)
+        else:
+            for i, value in enumerate(values):
+                held[i] += value
+
+    def merge(self, other: _Counts) -> None:
+        for name in ("project_day", "annotator_day", "annotator_hour", "units", "agreement"):
+            table = getattr(self, name)
+            for key, values in getattr(other, name).items():
+                self._add(table, key, values)
+
+    def created(self, now: datetime, prompts: int, responses: int) -> None:
+        self._add(self.project_day, _utc_day(now), (prompts, responses, 0))
+
+    def comparisons(self, now: datetime, labels: dict[int, list[tuple[int, str]]], unlabelled: int) -> list[str]:
+        """Counts new comparisons: `labels`, those labelled now, each with its labels in the order
+        they are inserted (that of their ids), and `unlabelled` more. Returns the per-comparison
+        count rows of the labelled ones, as COPY lines (comparison, n_a, n_b, n_tie, n_both_bad)."""
+        day, hour = _utc_day(now), _utc_hour(now)
+        self._add(self.project_day, day, (0, 0, len(labels) + unlabelled))
+        if unlabelled:
+            self._add(self.units, 0, (unlabelled, 0, 0, 0, 0, 0))
+        by_label: collections.Counter = collections.Counter()  # (annotator, choice) -> labels
+        ones: collections.Counter = collections.Counter()  # choice -> comparisons of one label
+        lines = []
+        single = {c: ",".join("1" if c == d else "0" for d in CHOICE_ORDER) for c in CHOICE_ORDER}
+        for cid, given in labels.items():
+            if len(given) == 1:  # the common case, made quick: m = 1, nothing shared
+                ((uid, choice),) = given
+                by_label[uid, choice] += 1
+                ones[choice] += 1
+                lines.append(f"{cid},{single[choice]}")
+                continue
+            n = [0, 0, 0, 0]
+            for uid, choice in given:
+                n[CHOICE_ORDER.index(choice)] += 1
+                by_label[uid, choice] += 1
+            for x, y in itertools.combinations(given, 2):
+                self._add(self.agreement, (x[0], y[0]), (1, int(x[1] == y[1])))
+            self._add(self.units, len(given), (1, *n, sum(k * (k - 1) for k in n)))
+            lines.append(f"{cid},{n[0]},{n[1]},{n[2]},{n[3]}")
+        for (uid, choice), count in by_label.items():
+            i = CHOICE_ORDER.index(choice)
+            row = [count, 0, 0, 0, 0]
+            row[i + 1] = count
+            self._add(self.annotator_day, (uid, day), row)
+            self._add(self.annotator_hour, (hour, uid), (count,))
+        if ones:
+            self._add(self.units, 1, (ones.total(), *(ones[c] for c in CHOICE_ORDER), 0))
+        return lines
+
+    def write(self, project: Project) -> None:
+        """Adds the counts to the statistics tables, in the import's transaction."""
+        writer = "(-pg_backend_pid())::bigint"
+        tables = [
+            (
+                "annotation_stats_project_day",
+                ("day",),
+                ("prompts", "responses", "comparisons"),
+                "project_id, day, writer",
+                f"%s, t.day, {writer}",
+                self.project_day,
+            ),
+            (
+                "annotation_stats_annotator_day",
+                ("annotator_id", "day"),
+                ("labels", *(f"n_{c}" for c in CHOICE_ORDER)),
+                "project_id, annotator_id, day",
+                "%s, t.annotator_id, t.day",
+                self.annotator_day,
+            ),
+            (
+                "annotation_stats_annotator_hour",
+                ("hour", "annotator_id"),
+                ("labels",),
+                "project_id, hour, annotator_id",
+                "%s, t.hour, t.annotator_id",
+                self.annotator_hour,
+            ),
+            (
+                "annotation_stats_units",
+                ("m",),
+                ("comparisons", *(f"n_{c}" for c in CHOICE_ORDER), "same"),
+                "project_id, annotator_id, is_gold, m",
+                f"%s, {writer}, false, t.m",
+                self.units,
+            ),
+            (
+                "annotation_stats_agreement",
+                ("first_annotator_id", "second_annotator_id"),
+                ("shared", "agreeing"),
+                "project_id, first_annotator_id, second_annotator_id",
+                "%s, t.first_annotator_id, t.second_annotator_id",
+                self.agreement,
+            ),
+        ]
+        with connection.cursor() as cursor:
+            for table, key, counters, conflict, selected, counts in tables:
+                if not counts:
+                    continue
+                rows = [((k,) if len(key) == 1 else k) + tuple(v) for k, v in sorted(counts.items())]
+                columns = (*key, *counters)
+                placeholders = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(rows))
+                cursor.execute(
+                    f"INSERT INTO {table} AS s ({conflict}, {', '.join(counters)}) "
+                    f"SELECT {selected}, {', '.join(f't.{c}' for c in counters)} "
+                    f"FROM (VALUES {placeholders}) AS t({', '.join(columns)}) "
+                    f"ORDER BY {', '.join(str(i + 1) for i in range(conflict.count(',') + 1))} "
+                    f"ON CONFLICT ({conflict}) DO UPDATE SET "
+                    + ", ".join(f"{c} = s.{c} + EXCLUDED.{c}" for c in counters),
+                    [project.pk, *itertools.chain.from_iterable(rows)],
+                )
+
+
+def _utc_day(moment: datetime):
+    return moment.astimezone(UTC).date()
+
+
+def _utc_hour(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0, tzinfo=None)
 
 
 @transaction.atomic
@@ -753,6 +912,7 @@ def _import_chunks(project, chunks, source, annotator, max_pairs_per_prompt, cop
         raise ImportFileError(sorted(refused + exc.errors)) from None
     if refused:
         raise ImportFileError(sorted(refused))
+    done.counts.write(project)
     # New comparisons were written with their counts; of the others, only those given a label now changed.
     comparisons_recount(comparison_ids=sorted(done.recount))
     return done.summary
@@ -765,6 +925,7 @@ def _merge(done: _Written, written: _Written) -> None:
     done.annotators.update(written.annotators)
     done.recount |= written.recount
     done.prompts.update(written.prompts)
+    done.counts.merge(written.counts)
 
 
 def _import(
@@ -782,6 +943,15 @@ def _import(
     records, prompt_digests, response_digests = chunk.records, chunk.prompt_digests, chunk.response_digests
     written = _Written(ImportSummary(), {}, {}, set())
     summary = written.summary
+    now = timezone.now()
+    # On PostgreSQL the chunk counts the statistics of its new rows itself (_Counts), so the INSERT
+    # statistics triggers step aside until its labels on older comparisons, which they count. Should
+    # the chunk fail, the setting is undone with it: by the rollback to its savepoint (queued before
+    # this) or, on its last try, with the whole import.
+    counting = connection.vendor == "postgresql"
+    copies: _Copies = _writing.copies
+    if counting:
+        copies.run(f"SELECT set_config('{STATS_BY_WRITER}', 'on', true)")
 
     # 1. Prompts, found by the digest of their text or turns.
     first_with: dict[str, int] = {}
@@ -797,7 +967,7 @@ def _import(
     rows = ((project.pk, *_prompt_columns(records[first_with[d]].prompt), d) for d in missing)
     lines = (f"{project.pk},{chunk.prompt_csv[first_with[d]]},{d}" for d in missing)
     columns = ("project_id", "text", "messages", "content_hash")
-    inserted = _insert_rows(Prompt, columns, rows, ids=len(missing), lines=lines)
+    inserted = _insert_rows(Prompt, columns, rows, ids=len(missing), lines=lines, now=now)
     if inserted is None:
         written.prompts = _existing_prompts(project, missing)
     else:
@@ -821,7 +991,7 @@ def _import(
         for item, text in (wanted_responses[pid, d],)
     )
     columns = ("prompt_id", "text", "content_hash", "source")
-    inserted = _insert_rows(Response, columns, rows, ids=len(missing_r), lines=lines)
+    inserted = _insert_rows(Response, columns, rows, ids=len(missing_r), lines=lines, now=now)
     if inserted is None:
         response_ids, policies = _existing_responses(sorted(set(record_prompts)))
     else:
@@ -861,12 +1031,15 @@ def _import(
     )
     lines = (",".join(map(str, row)) for row in rows)  # integers only
     columns = ("project_id", "prompt_id", "response_a_id", "response_b_id", "label_count", "policy_rank")
-    inserted = _insert_rows(Comparison, columns, rows, ids=len(missing_c), lines=lines)
+    inserted = _insert_rows(Comparison, columns, rows, ids=len(missing_c), lines=lines, now=now)
     if inserted is None:
         comparison_ids = _existing_comparisons(sorted(set(pairs.values())))
     else:
         comparison_ids.update(zip(missing_c, inserted, strict=True))
     summary.comparisons_created = len(missing_c)
+    created = set(inserted or ())
+    if counting:
+        written.counts.created(now, len(missing), len(missing_r))
 
     # 4. Preferences for labelled pairs: one per (comparison, annotator); a repeat must agree.
     labelled = [i for i, r in enumerate(records) if r.is_pair]
@@ -911,16 +1084,51 @@ def _import(
             for (cid, uid), (_, choice, strength) in wanted.items()
             if (cid, uid) not in existing
         ]
-        columns = ("project_id", "comparison_id", "annotator_id", "choice", "strength")
-        # A choice is a fixed word, which CSV takes unquoted; no strength is NULL (an empty field).
-        lines = (f"{p},{c},{u},{choice},{'' if strength is None else strength}" for p, c, u, choice, strength in new)
-        _insert_rows(Preference, columns, new, lines=lines)
+        # The labels of the comparisons made now, which this chunk counts, go first; then, with
+        # the triggers counting again, those of older ones.
+        ours = [row for row in new if row[1] in created] if counting else []
+        _insert_preferences(ours, now)
+        labelled_now: dict[int, list[tuple[int, str]]] = {}
+        for _, cid, uid, choice, _ in ours:
+            labelled_now.setdefault(cid, []).append((uid, choice))
+        _stop_counting(project, written.counts, now, labelled_now, len(created) - len(labelled_now))
+        counting = False
+        _insert_preferences([row for row in new if row[1] not in created] if ours else new, now)
         summary.preferences_created = len(new)
         summary.preferences_existing = len(wanted) - len(new)
         written.labels = {key: (line, choice) for key, (line, choice, _) in wanted.items() if key not in existing}
         # Comparisons written now got their counts with them; older ones given a label are recounted.
         written.recount = {cid for _, cid, _, _, _ in new if cid in preexisting}
+    if counting:
+        _stop_counting(project, written.counts, now, {}, len(created))
     return written
+
+
+def _insert_preferences(rows: list[tuple], now: datetime) -> None:
+    """Labels: (project, comparison, annotator, choice, strength) each."""
+    columns = ("project_id", "comparison_id", "annotator_id", "choice", "strength")
+    # A choice is a fixed word, which CSV takes unquoted; no strength is NULL (an empty field).
+    lines = (f"{p},{c},{u},{choice},{'' if strength is None else strength}" for p, c, u, choice, strength in rows)
+    _insert_rows(Preference, columns, rows, lines=lines, now=now)
+
+
+def _stop_counting(
+    project: Project, counts: _Counts, now: datetime, labelled: dict[int, list[tuple[int, str]]], unlabelled: int
+) -> None:
+    """Ends a chunk's counting of its own rows (on PostgreSQL): counts its new comparisons, those
+    `labelled` with their labels, and queues their per-comparison counts and the setting that hands
+    the counting back to the triggers."""
+    copies: _Copies = _writing.copies
+    if connection.vendor != "postgresql":
+        return
+    copies.run(f"SELECT set_config('{STATS_BY_WRITER}', 'off', true)")
+    lines = counts.comparisons(now, labelled, unlabelled)
+    if lines:
+        copies.copy(
+            "COPY annotation_stats_comparison (comparison_id, n_a, n_b, n_tie, n_both_bad, project_id) "
+            "FROM STDIN WITH (FORMAT csv)",
+            (f"{line},{project.pk}\n" for line in lines),
+        )
 
 
 def _lookup_batch() -> int:
@@ -982,6 +1190,7 @@ def _insert_rows(
     *,
     ids: int | None = None,
     lines: Iterable[str] | None = None,
+    now: datetime | None = None,
 ) -> list[int] | None:
     """Inserts rows, each a tuple of values for `columns` (attnames); other columns take their
     model defaults. `ids`, the number of rows where their new primary keys are wanted: they are
@@ -996,7 +1205,8 @@ def _insert_rows(
     the staging cost PostgreSQL more than the sequence, about a second per 100,000 pairs). Within
     preferences_import, its only caller, the COPY runs on the import's COPY thread (_Copies) while
     the caller goes on, and a failure is raised by a later statement. Constraints and triggers
-    apply as to any insert: a duplicate fails it (IntegrityError)."""
+    apply as to any insert: a duplicate fails it (IntegrityError). `now` is the creation time of
+    rows whose model sets one (auto_now_add), by default the present moment."""
     postgresql = connection.vendor == "postgresql"
     rows = iter(lines if postgresql and lines is not None else rows)
     first = next(rows, None)
@@ -1013,7 +1223,7 @@ def _insert_rows(
     quote = connection.ops.quote_name
     given = [meta.get_field(name) for name in columns]
     converters = [_csv_converter(f) for f in given]
-    now = timezone.now()
+    now = now or timezone.now()
     # Defaulted columns go last, their text rendered once for every row.
     defaulted = [f for f in meta.concrete_fields if not f.primary_key and f.attname not in columns]
     tail = "".join("," + _csv_value(now if getattr(f, "auto_now_add", False) else f.get_default()) for f in defaulted)

@@ -15,6 +15,7 @@ from django.db import connection, transaction
 from annotation import jsonl, services
 from annotation.jsonl import LineError, bounded_lines, parse_line, read_records
 from annotation.models import Comparison, Preference, Prompt, Response
+from tests.console.test_label_aggregates import assert_aggregates_match
 from tests.factories import ProjectFactory
 
 # Two connections writing at once: SQLite allows one writer at a time.
@@ -243,6 +244,8 @@ def test_a_prompt_another_writer_adds_to_a_new_project_mid_import_is_found_and_r
     assert Preference.objects.filter(
         project=project, comparison__prompt=theirs, annotator__username="import:ann"
     ).exists()
+    # The statistics the import counted itself: those of the chunk done twice counted once.
+    assert_aggregates_match()
 
 
 def jsonl_lines(lines: list[dict]) -> list[bytes]:
@@ -335,13 +338,15 @@ def test_a_chunk_whose_last_copy_fails_after_the_next_chunk_began_is_written_aga
             [project.pk],
         )
         assert cursor.fetchone()[0] == 6
+    assert_aggregates_match()
 
 
 @on_postgresql
 @pytest.mark.django_db
 def test_the_writer_runs_ahead_of_the_copies_by_two_chunks_at_most(monkeypatch):
     # COPYs slowed down (each piece handed over 20 ms late): the writer makes the next chunks
-    # meanwhile, but keeps at most two chunks' statements queued (a chunk: its savepoint, four COPYs
+    # meanwhile, but keeps at most two chunks' statements queued (a chunk: its savepoint, the setting
+    # that turns the statistics triggers off, four COPYs, the setting again, its comparisons' counts
     # and the release) before it waits, rather than hold the whole file's rows in memory.
     import time
 
@@ -366,5 +371,6 @@ def test_the_writer_runs_ahead_of_the_copies_by_two_chunks_at_most(monkeypatch):
     summary = services.preferences_import(project=project, chunks=services.import_chunks(jsonl_lines(lines)))
     assert summary.preferences_created == 20 and counts(project) == (20, 40, 20, 20)
     assert len(queued) == 10
-    assert max(queued) > 6, queued  # it did run ahead of PostgreSQL
-    assert max(queued) <= 2 * 6 + 1, queued  # two chunks, and this one's savepoint
+    assert max(queued) > 9, queued  # it did run ahead of PostgreSQL
+    assert max(queued) <= 2 * 9 + 1, queued  # two chunks, and this one's savepoint
+    assert_aggregates_match()

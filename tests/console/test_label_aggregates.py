@@ -18,6 +18,7 @@ from django.db import connection, transaction
 from django.db.models import Count
 from django.utils import timezone
 
+from annotation import services
 from annotation.jsonl import read_records
 from annotation.models import Comparison, Preference, Project, Prompt, Response
 from annotation.services import preferences_import
@@ -166,6 +167,74 @@ def test_every_kind_of_write_keeps_the_aggregates_equal_to_a_recount(project):
         for table in aggregates.STATS_TABLES:
             cursor.execute(f"SELECT COUNT(*) FROM {table} WHERE project_id = %s", [project.pk])
             assert cursor.fetchone()[0] == 0, table
+
+
+def test_an_import_that_counts_its_own_rows_leaves_the_aggregates_the_triggers_would(project, monkeypatch):
+    # On PostgreSQL an import counts the statistics of the prompts, responses, comparisons and labels
+    # it creates itself (the INSERT triggers step aside, migration 0013), and leaves its labels on
+    # older comparisons to the triggers. Chunks of four lines: new pairs labelled by several
+    # annotators at once, one labelled again two chunks later, unlabelled pairs, labels on older
+    # comparisons (one of them gold), ties and both-bad.
+    monkeypatch.setattr(services, "IMPORT_CHUNK", 4)
+    users = [UserFactory() for _ in range(2)]
+    older = [
+        make_comparison(project=project, **({"is_gold": True, "gold_choice": "a"} if i == 0 else {})) for i in range(3)
+    ]
+    for comparison, user, choice in ((older[0], users[0], "a"), (older[1], users[1], "tie"), (older[1], users[0], "b")):
+        Preference.objects.create(project=project, comparison=comparison, annotator=user, choice=choice)
+
+    def pair(prompt, annotator, **extra):
+        return {
+            "prompt": prompt,
+            "chosen": f"good {prompt}",
+            "rejected": f"bad {prompt}",
+            "annotator": annotator,
+            **extra,
+        }
+
+    def old(comparison, annotator, **extra):
+        a, b = comparison.response_a.text, comparison.response_b.text
+        return {"prompt": comparison.prompt.text, "chosen": a, "rejected": b, "annotator": annotator, **extra}
+
+    lines = [
+        pair("p1", "x"),
+        pair("p1", "y", choice="tie"),
+        pair("p1", "z"),
+        pair("p2", "x", choice="both_bad"),
+        {"prompt": "p3", "responses": ["r1", "r2", "r3"]},
+        old(older[0], "x"),
+        pair("p4", "y"),
+        pair("p4", "x"),
+        pair("p2", "y", choice="both_bad"),
+        old(older[1], "x", choice="tie"),
+        old(older[2], "z"),
+        pair("p5", "z"),
+    ]
+    summary = services.preferences_import(
+        project=project, chunks=services.import_chunks([json.dumps(x).encode() + b"\n" for x in lines])
+    )
+    assert (summary.comparisons_created, summary.preferences_created) == (7, 11)
+    assert_aggregates_match()
+    # Both did count: p1's new comparison (three labels) moved into the unit row m = 3 under the
+    # import's writer key; the trigger moved older[1] there (its third label) under the annotator's.
+    assert fetch(
+        f"SELECT annotator_id < 0, SUM(comparisons) FROM annotation_stats_units WHERE project_id = {project.pk} "
+        "AND m = 3 GROUP BY 1 ORDER BY 1"
+    ) == [(False, 1), (True, 1)]
+    # ... and handed the counting back to the triggers: a label stored afterwards, in the same
+    # transaction, is counted.
+    assert fetch(f"SELECT current_setting('{services.STATS_BY_WRITER}', true)") == [("off",)]
+    fresh = Comparison.objects.get(project=project, prompt__text="p5")
+    Preference.objects.create(project=project, comparison=fresh, annotator=users[1], choice="b")
+    Comparison.objects.create(
+        project=project,
+        prompt=fresh.prompt,
+        response_a=fresh.response_a,
+        response_b=Response.objects.create(
+            prompt=fresh.prompt, text="third", content_hash=services.content_hash("third"), source="s"
+        ),
+    )
+    assert_aggregates_match()
 
 
 SQLITE_SCRIPT = r"""
