@@ -209,11 +209,12 @@ def test_an_import_that_counts_its_own_rows_leaves_the_aggregates_the_triggers_w
         old(older[1], "x", choice="tie"),
         old(older[2], "z"),
         pair("p5", "z"),
+        pair("p6", "y", choice="tie"),
     ]
     summary = services.preferences_import(
         project=project, chunks=services.import_chunks([json.dumps(x).encode() + b"\n" for x in lines])
     )
-    assert (summary.comparisons_created, summary.preferences_created) == (7, 11)
+    assert (summary.comparisons_created, summary.preferences_created) == (8, 12)
     assert_aggregates_match()
     # Both did count: p1's new comparison (three labels) moved into the unit row m = 3 under the
     # import's writer key; the trigger moved older[1] there (its third label) under the annotator's.
