@@ -169,6 +169,7 @@ def test_every_kind_of_write_keeps_the_aggregates_equal_to_a_recount(project):
             assert cursor.fetchone()[0] == 0, table
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="imports count their own rows on PostgreSQL")
 def test_an_import_that_counts_its_own_rows_leaves_the_aggregates_the_triggers_would(project, monkeypatch):
     # On PostgreSQL an import counts the statistics of the prompts, responses, comparisons and labels
     # it creates itself (the INSERT triggers step aside, migration 0013), and leaves its labels on
