@@ -621,27 +621,26 @@ class _Counts:
             for key, values in getattr(other, name).items():
                 self._add(table, key, values)
 
-    def created(self, now: datetime, prompts: int, responses: int) -> None:
-        self._add(self.project_day, _utc_day(now), (prompts, responses, 0))
-
-    def comparisons(self, now: datetime, labels: dict[int, list[tuple[int, str]]], unlabelled: int) -> list[str]:
-        """Counts new comparisons: `labels`, those labelled now, each with its labels in the order
-        they are inserted (that of their ids), and `unlabelled` more. Returns the per-comparison
-        count rows of the labelled ones, as COPY lines (comparison, n_a, n_b, n_tie, n_both_bad)."""
+    def created(
+        self, now: datetime, prompts: int, responses: int, comparisons: int, labels: dict[int, list[tuple[int, str]]]
+    ) -> list[str]:
+        """Counts new prompts, responses and comparisons, and the labels of those `labels` names,
+        each with its labels in the order they are inserted (that of their ids). Returns the
+        per-comparison count rows of the labelled ones, as COPY lines (comparison, n_a, n_b, n_tie,
+        n_both_bad)."""
         day, hour = _utc_day(now), _utc_hour(now)
-        self._add(self.project_day, day, (0, 0, len(labels) + unlabelled))
-        if unlabelled:
-            self._add(self.units, 0, (unlabelled, 0, 0, 0, 0, 0))
+        self._add(self.project_day, day, (prompts, responses, comparisons))
+        if comparisons > len(labels):
+            self._add(self.units, 0, (comparisons - len(labels), 0, 0, 0, 0, 0))
         by_label: collections.Counter = collections.Counter()  # (annotator, choice) -> labels
         ones: collections.Counter = collections.Counter()  # choice -> comparisons of one label
         lines = []
-        single = {c: ",".join("1" if c == d else "0" for d in CHOICE_ORDER) for c in CHOICE_ORDER}
         for cid, given in labels.items():
             if len(given) == 1:  # the common case, made quick: m = 1, nothing shared
                 ((uid, choice),) = given
                 by_label[uid, choice] += 1
                 ones[choice] += 1
-                lines.append(f"{cid},{single[choice]}")
+                lines.append(f"{cid},{_ONE_LABEL[choice]}")
                 continue
             n = [0, 0, 0, 0]
             for uid, choice in given:
@@ -722,6 +721,10 @@ class _Counts:
                     + ", ".join(f"{c} = s.{c} + EXCLUDED.{c}" for c in counters),
                     [project.pk, *itertools.chain.from_iterable(rows)],
                 )
+
+
+# A comparison's counts (n_a, n_b, n_tie, n_both_bad) with its one label, by choice.
+_ONE_LABEL = {c: ",".join("1" if c == d else "0" for d in CHOICE_ORDER) for c in CHOICE_ORDER}
 
 
 def _utc_day(moment: datetime):
@@ -1038,11 +1041,10 @@ def _import(
         comparison_ids.update(zip(missing_c, inserted, strict=True))
     summary.comparisons_created = len(missing_c)
     created = set(inserted or ())
-    if counting:
-        written.counts.created(now, len(missing), len(missing_r))
 
     # 4. Preferences for labelled pairs: one per (comparison, annotator); a repeat must agree.
     labelled = [i for i, r in enumerate(records) if r.is_pair]
+    new: list[tuple] = []  # (project, comparison, annotator, choice, strength)
     if labelled:
         names = {records[i].annotator or annotator for i in labelled}
         written.annotators = _imported_annotators(names - annotators.keys())
@@ -1084,23 +1086,20 @@ def _import(
             for (cid, uid), (_, choice, strength) in wanted.items()
             if (cid, uid) not in existing
         ]
-        # The labels of the comparisons made now, which this chunk counts, go first; then, with
-        # the triggers counting again, those of older ones.
-        ours = [row for row in new if row[1] in created] if counting else []
-        _insert_preferences(ours, now)
-        labelled_now: dict[int, list[tuple[int, str]]] = {}
-        for _, cid, uid, choice, _ in ours:
-            labelled_now.setdefault(cid, []).append((uid, choice))
-        _stop_counting(project, written.counts, now, labelled_now, len(created) - len(labelled_now))
-        counting = False
-        _insert_preferences([row for row in new if row[1] not in created] if ours else new, now)
         summary.preferences_created = len(new)
         summary.preferences_existing = len(wanted) - len(new)
         written.labels = {key: (line, choice) for key, (line, choice, _) in wanted.items() if key not in existing}
         # Comparisons written now got their counts with them; older ones given a label are recounted.
         written.recount = {cid for _, cid, _, _, _ in new if cid in preexisting}
+    # The labels of the comparisons made now go in while the chunk counts its rows itself; then,
+    # with the triggers counting again, those of older ones.
+    theirs = new
     if counting:
-        _stop_counting(project, written.counts, now, {}, len(created))
+        ours = [row for row in new if row[1] in created]
+        _insert_preferences(ours, now)
+        _stop_counting(project, written.counts, now, (len(missing), len(missing_r), len(created)), ours)
+        theirs = [row for row in new if row[1] not in created]
+    _insert_preferences(theirs, now)
     return written
 
 
@@ -1113,16 +1112,17 @@ def _insert_preferences(rows: list[tuple], now: datetime) -> None:
 
 
 def _stop_counting(
-    project: Project, counts: _Counts, now: datetime, labelled: dict[int, list[tuple[int, str]]], unlabelled: int
+    project: Project, counts: _Counts, now: datetime, created: tuple[int, int, int], labels: list[tuple]
 ) -> None:
-    """Ends a chunk's counting of its own rows (on PostgreSQL): counts its new comparisons, those
-    `labelled` with their labels, and queues their per-comparison counts and the setting that hands
-    the counting back to the triggers."""
+    """Ends a chunk's counting of its own rows (PostgreSQL): counts the prompts, responses and
+    comparisons it `created` (how many of each) and its `labels` on those comparisons, and queues
+    the setting that hands the counting back to the triggers and the per-comparison counts."""
     copies: _Copies = _writing.copies
-    if connection.vendor != "postgresql":
-        return
     copies.run(f"SELECT set_config('{STATS_BY_WRITER}', 'off', true)")
-    lines = counts.comparisons(now, labelled, unlabelled)
+    labelled: dict[int, list[tuple[int, str]]] = {}
+    for _, cid, uid, choice, _ in labels:
+        labelled.setdefault(cid, []).append((uid, choice))
+    lines = counts.created(now, *created, labelled)
     if lines:
         copies.copy(
             "COPY annotation_stats_comparison (comparison_id, n_a, n_b, n_tie, n_both_bad, project_id) "

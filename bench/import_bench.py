@@ -15,6 +15,7 @@ row (a new project each time) and prints the median: on a shared machine single 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import statistics
@@ -37,21 +38,10 @@ from export_bench import (  # noqa: E402
 )
 
 # What an import writes and its project's deletion leaves dead: the data tables and the label
-# statistics (annotation_stats_comparison alone gains and loses a row per pair). This machine's
-# PostgreSQL runs with autovacuum off; left unvacuumed, 7.8 million dead statistics rows (from this
-# session's runs) made the same import cost about a third more PostgreSQL CPU.
-VACUUMED = (
-    "annotation_prompt",
-    "annotation_response",
-    "annotation_comparison",
-    "annotation_preference",
-    "annotation_stats_comparison",
-    "annotation_stats_units",
-    "annotation_stats_agreement",
-    "annotation_stats_annotator_day",
-    "annotation_stats_annotator_hour",
-    "annotation_stats_project_day",
-)
+# statistics (migration 0005's STATS_TABLES; annotation_stats_comparison alone gains and loses a row
+# per pair). This machine's PostgreSQL runs with autovacuum off; left unvacuumed, 7.8 million dead
+# statistics rows (from session 6's runs) made the same import cost about a third more PostgreSQL CPU.
+DATA_TABLES = ("annotation_prompt", "annotation_response", "annotation_comparison", "annotation_preference")
 
 
 def main() -> None:
@@ -133,7 +123,8 @@ def _run(args, database_url: str, server, token: str, body, size: int, *, label:
     started = time.perf_counter()
     project_delete(project=project)
     with connection.cursor() as cursor:
-        cursor.execute(f"VACUUM ANALYZE {', '.join(VACUUMED)}")
+        stats = importlib.import_module("annotation.migrations.0005_label_aggregates").STATS_TABLES
+        cursor.execute(f"VACUUM ANALYZE {', '.join((*DATA_TABLES, *stats))}")
     print(f"(bench project deleted and its tables vacuumed in {time.perf_counter() - started:.0f} s)", flush=True)
     return rate
 

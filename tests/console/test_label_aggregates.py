@@ -479,6 +479,4 @@ def test_project_delete_first_analyses_the_statistics_tables_its_triggers_clean_
     assert estimate() > 0
     assert_aggregates_match()
     # project_delete's list of those tables is migration 0005's.
-    from annotation import services
-
     assert sorted(services._STATS_TABLES) == sorted(aggregates.STATS_TABLES)
