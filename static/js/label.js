@@ -90,6 +90,13 @@
     alertLine.textContent = message;
   }
 
+  // What the comparison on screen still needs. The status line is left as it is: it may tell of
+  // the comparison before (the second Enter of a double press lands on the next one, nothing
+  // chosen yet, and must not wipe out its "Saved").
+  function hint(message) {
+    alertLine.textContent = message;
+  }
+
   // What is on screen ---------------------------------------------------------------------------
 
   function readCurrent() {
@@ -194,7 +201,7 @@
   function answerFromForm() {
     const choice = selected("choice");
     if (!choice) {
-      warn("Choose first: 1 if A is better, 2 if B is better, 3 for a tie, 4 if both are bad.");
+      hint("Choose first: 1 if A is better, 2 if B is better, 3 for a tie, 4 if both are bad.");
       return null;
     }
     let strength = null;
@@ -202,7 +209,7 @@
     if (choice === "left" || choice === "right") {
       strength = selected("strength");
       if (!strength) {
-        warn("Say how much better: Q slightly, W clearly, E much better.");
+        hint("Say how much better: Q slightly, W clearly, E much better.");
         return null;
       }
       strength = Number(strength);
